@@ -1,0 +1,132 @@
+"""Health and metrics over HTTP (aiohttp): `/livez`, `/readyz`, `/metrics`.
+
+- `/livez` is 200 while the service's loop made progress within `liveness_timeout_s` (never broker reachability:
+  a broker outage must not restart every pod).
+- `/readyz` is 200 once partitions are assigned and state is recovered (the service says so with `set_ready`).
+- `/metrics` is the Prometheus text exposition.
+
+Each service owns one port; it adds its own API routes to the same aiohttp application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+
+class Health:
+    def __init__(self, service: str, liveness_timeout_s: float = 60.0) -> None:
+        self.service = service
+        self.liveness_timeout_s = liveness_timeout_s
+        self._last_progress = time.monotonic()
+        self._ready = False
+        self._why_not_ready = "starting"
+        self.started_at = time.time()
+
+    def beat(self) -> None:
+        """Record that the loop made progress (called on every loop iteration, idle or not)."""
+        self._last_progress = time.monotonic()
+
+    def set_ready(self, ready: bool, why: str = "") -> None:
+        self._ready = ready
+        self._why_not_ready = "" if ready else (why or "not ready")
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def seconds_since_progress(self) -> float:
+        return time.monotonic() - self._last_progress
+
+    def alive(self) -> bool:
+        return self.seconds_since_progress() < self.liveness_timeout_s
+
+    def status(self) -> dict:
+        return {
+            "service": self.service,
+            "alive": self.alive(),
+            "ready": self._ready,
+            "why_not_ready": self._why_not_ready or None,
+            "seconds_since_progress": round(self.seconds_since_progress(), 3),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+def create_app(health: Health) -> web.Application:
+    """An aiohttp application with the health and metrics routes; add the service's own routes to it."""
+    app = web.Application()
+
+    async def livez(_: web.Request) -> web.Response:
+        status = health.status()
+        return web.json_response(status, status=200 if status["alive"] else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        status = health.status()
+        return web.json_response(status, status=200 if status["ready"] else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app["health"] = health
+    return app
+
+
+class BackgroundHttpServer:
+    """Runs an aiohttp application on its own thread and event loop, for services whose main loop is synchronous
+    (a confluent-kafka consumer loop)."""
+
+    def __init__(self, app_factory: Callable[[], web.Application], host: str, port: int) -> None:
+        self._app_factory = app_factory
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"HTTP server on {self.host}:{self.port} did not start within {timeout}s")
+        if self._error:
+            raise RuntimeError(f"HTTP server could not listen on {self.host}:{self.port}: {self._error}") \
+                from self._error
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(self._app_factory(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # report the port the OS chose
+            self.port = self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        if self._loop and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(timeout=5)

@@ -1,0 +1,538 @@
+"""Kafka clients for every service: a producer that confirms delivery, and an at-least-once consumer loop.
+
+Producer
+    Idempotence on, `partitioner=murmur2_random` (the hash Faust/aiokafka and the Java client use, so records
+    co-partition with the advisor's tables), delivery reports awaited before anything upstream is acknowledged.
+    `send()` is for asyncio services: it returns once the broker acknowledged, without blocking the event loop.
+
+ConsumerLoop
+    consume a batch -> decode (Avro) -> handler -> produce outputs -> wait for every delivery (outputs and dead
+    letters) -> store offsets. Offsets are never stored before the output is acknowledged, so a crash replays at
+    most the unfinished batch. A record that cannot be decoded or processed goes to `<topic>.dlq` with its original
+    key and bytes and Kafka Connect style headers; the loop never stops on bad input. SIGTERM sets a flag: the loop
+    finishes the batch, flushes, commits synchronously and closes the consumer (leaving the group at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Producer as _RdProducer
+
+from lineguard import telemetry
+from lineguard.avro import AvroSerde, SerdeError
+from lineguard.catalog import DLQ_SUFFIX
+from lineguard.health import Health
+from lineguard.logs import event, get_logger
+from lineguard.settings import Settings
+
+log = get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class DeliveryError(Exception):
+    """The broker did not acknowledge a record (after librdkafka's own retries)."""
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode("utf-8")
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": f"lineguard-{settings.service_name}",
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30000,
+        "queue.buffering.max.messages": 200000,
+    }
+    conf.update(settings.kafka_security)
+    conf.update(overrides)
+    return conf
+
+
+class Producer:
+    """A confluent-kafka producer that encodes values with the topic's Avro schema.
+
+    Topic arguments are logical catalog names (`raw.telemetry.v1`); the configured prefix is added here.
+    """
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **conf_overrides: Any) -> None:
+        self.settings = settings
+        self.serde = serde or AvroSerde(settings.schemas_dir, settings.schema_registry_url,
+                                        settings.schema_registry_auth, settings.topic_prefix)
+        self._producer = _RdProducer(producer_config(settings, **conf_overrides))
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        service = settings.service_name
+        self._produced = telemetry.counter(service, "messages_produced", "Records acknowledged by Kafka.", ["topic"])
+        self._failed = telemetry.counter(service, "produce_failures", "Records Kafka did not acknowledge.", ["topic"])
+
+    def full_topic(self, topic: str) -> str:
+        return self.settings.topic_prefix + topic
+
+    def produce(self, topic: str, key: str | bytes | None, value: dict | bytes | None,
+                headers: Headers | None = None,
+                on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+                trace: bool = True) -> None:
+        """Queue one record (non-blocking apart from back-off when the local queue is full)."""
+        payload = self.serde.encode(topic, value) if isinstance(value, dict) else value
+        full = self.full_topic(topic)
+        if trace and telemetry.traceparent(headers) is None:
+            with telemetry.send_span(full, key):
+                headers = telemetry.inject_headers(headers)
+                self._produce_raw(full, _key_bytes(key), payload, headers, topic, on_delivery)
+        else:
+            self._produce_raw(full, _key_bytes(key), payload, headers, topic, on_delivery)
+
+    def _produce_raw(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
+                     logical: str, on_delivery: Callable | None) -> None:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self._produced.labels(logical).inc()
+            else:
+                self._failed.labels(logical).inc()
+            if on_delivery is not None:
+                on_delivery(err, msg)
+
+        while True:
+            try:
+                self._producer.produce(full, payload, key, headers=headers, on_delivery=report)
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports to make room (backpressure on the caller).
+                self._producer.poll(0.05)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for every queued record's delivery report; returns how many are still undelivered."""
+        return self._producer.flush(timeout)
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    # --- asyncio ----------------------------------------------------------------------------------------------
+
+    def start_polling(self) -> None:
+        """Serve delivery reports from a background thread (for asyncio services that `await send()`)."""
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_forever, name="producer-poll", daemon=True)
+            self._poller.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, topic: str, key: str | bytes | None, value: dict | bytes | None,
+                   headers: Headers | None = None) -> Message:
+        """Produce one record and return once Kafka acknowledged it; raise DeliveryError if it did not."""
+        self.start_polling()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+
+        def done(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_resolve, future, err, msg)
+
+        self.produce(topic, key, value, headers, on_delivery=done)
+        return await future
+
+    async def send_many(self, records: Iterable[tuple[str, str | bytes | None, dict | bytes | None]],
+                        headers: Headers | None = None) -> list[Message]:
+        """Produce records and return once every one is acknowledged (raises on the first failure)."""
+        self.start_polling()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for topic, key, value in records:
+            future: asyncio.Future[Message] = loop.create_future()
+
+            def done(err: KafkaError | None, msg: Message, future: asyncio.Future = future) -> None:
+                loop.call_soon_threadsafe(_resolve, future, err, msg)
+
+            self.produce(topic, key, value, headers, on_delivery=done)
+            futures.append(future)
+        return list(await asyncio.gather(*futures))
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush and stop; returns how many records were left undelivered (0 is the only good answer)."""
+        remaining = self.flush(timeout)
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=2)
+            self._poller = None
+        if remaining:
+            event(log, "producer_closed_with_undelivered_records", level=40, remaining=remaining)
+        return remaining
+
+
+def _resolve(future: asyncio.Future, err: KafkaError | None, msg: Message) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(msg)
+    else:
+        future.set_exception(DeliveryError(f"{msg.topic()}: {err.str()}"))
+
+
+# --- consuming ------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Record:
+    """One consumed record, decoded."""
+
+    topic: str  # logical name (prefix removed)
+    partition: int
+    offset: int
+    key: bytes | None
+    value: Any  # the decoded Avro record (dict), or the raw bytes when decoding is off
+    headers: Headers
+    timestamp_ms: int
+    raw_value: bytes | None
+
+
+@dataclass(slots=True)
+class Output:
+    """A record to produce; values that are dicts are Avro-encoded with the topic's schema."""
+
+    topic: str
+    key: str | bytes | None
+    value: dict | bytes | None
+    headers: Headers | None = None
+
+
+Handler = Callable[[Record], Iterable[Output] | None]
+
+
+class Sink(Protocol):
+    """A buffering output (the data lake writer): the loop commits no offset the sink still holds."""
+
+    def write(self, records: list[Record]) -> None: ...
+
+    def held_offsets(self) -> dict[tuple[str, int], int]:
+        """(logical topic, partition) -> lowest offset not yet durable; absent = nothing held."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything buffered durable (on shutdown and before partitions are revoked)."""
+        ...
+
+
+@dataclass
+class LoopStats:
+    consumed: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    redelivered_batches: int = 0
+
+
+@dataclass
+class ConsumerLoop:
+    """At-least-once consume-transform-produce loop with dead letters, backpressure and graceful shutdown."""
+
+    settings: Settings
+    group_id: str
+    topics: list[str]  # logical names
+    handler: Handler
+    producer: Producer | None = None
+    serde: AvroSerde | None = None
+    sink: Sink | None = None
+    decode: bool = True
+    batch_size: int = 1000
+    batch_timeout_s: float = 0.2
+    health: Health | None = None
+    flush_timeout_s: float = 30.0
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    stats: LoopStats = field(default_factory=LoopStats)
+
+    def __post_init__(self) -> None:
+        self.producer = self.producer or Producer(self.settings, self.serde)
+        self.serde = self.serde or self.producer.serde
+        self.health = self.health or Health(self.settings.service_name, self.settings.liveness_timeout_s)
+        self._stopping = threading.Event()
+        self._prefix = self.settings.topic_prefix
+        self._assigned: set[tuple[str, int]] = set()
+        service = self.settings.service_name
+        self._m_consumed = telemetry.counter(service, "messages_consumed", "Records consumed.", ["topic"])
+        self._m_dlq = telemetry.counter(service, "dead_letters", "Records sent to a dead-letter topic.",
+                                        ["topic", "stage"])
+        self._m_batch = telemetry.histogram(service, "batch_duration_seconds",
+                                            "Time to process one batch, from consume to offsets stored.")
+        self._m_redeliver = telemetry.counter(service, "batch_retries",
+                                              "Batches rewound because an output was not acknowledged.")
+        conf = {
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": self.group_id,
+            "client.id": f"lineguard-{service}",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,  # offsets are stored only after outputs are acknowledged
+            "auto.commit.interval.ms": 1000,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.settings.kafka_session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.settings.kafka_session_timeout_ms // 3),
+            "partition.assignment.strategy": "range",
+            **self.settings.kafka_security,
+            **self.consumer_overrides,
+        }
+        self.consumer = Consumer(conf)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish its batch and shut down (safe from a signal handler)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.health.set_ready(True)
+        event(log, "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Make buffered output durable and commit, so the next owner does not redo finished work.
+        if self.sink is not None:
+            self.sink.flush()
+            self._store_held_offsets()
+        with contextlib.suppress(KafkaException):  # nothing stored yet
+            consumer.commit(asynchronous=False)
+        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        if not self._assigned:
+            self.health.set_ready(False, "no partitions assigned")
+        event(log, "partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def run(self) -> LoopStats:
+        """Run until stop(); then finish, flush, commit and close."""
+        full_topics = [self._prefix + t for t in self.topics]
+        self.consumer.subscribe(full_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        self.health.set_ready(False, "waiting for partition assignment")
+        event(log, "consumer_started", group=self.group_id, topics=full_topics)
+        try:
+            while not self._stopping.is_set():
+                self.health.beat()
+                messages = self.consumer.consume(self.batch_size, self.batch_timeout_s)
+                if messages:
+                    self._process_batch(messages)
+                else:
+                    self.producer.poll(0)
+                    if self.sink is not None:
+                        self._store_held_offsets()
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        event(log, "consumer_stopping", group=self.group_id, **self.stats.__dict__)
+        try:
+            if self.sink is not None:
+                self.sink.flush()
+                self._store_held_offsets()
+            remaining = self.producer.flush(30)
+            if remaining:
+                event(log, "shutdown_with_undelivered_records", level=40, remaining=remaining)
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._NO_OFFSET:
+                    event(log, "final_commit_failed", level=30, error=str(exc))
+        finally:
+            self.consumer.close()
+            self.health.set_ready(False, "stopped")
+            event(log, "consumer_stopped", group=self.group_id)
+
+    # --- the batch ------------------------------------------------------------------------------------------
+
+    def _process_batch(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err.str()}")
+
+        first_offsets: dict[tuple[str, int], int] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
+        processed: list[Record] = []
+        produce = self.producer.produce
+        prefix_len = len(self._prefix)
+        decode = self.decode
+        serde = self.serde
+        handler = self.handler
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    event(log, "consume_error", level=30, error=err.str())
+                continue
+            full_topic = msg.topic()
+            tp = (full_topic, msg.partition())
+            offset = msg.offset()
+            first_offsets.setdefault(tp, offset)
+            next_offsets[tp] = offset + 1
+            topic = full_topic[prefix_len:]
+            raw = msg.value()
+            headers = msg.headers() or []
+            try:
+                value = serde.decode(topic, raw) if decode else raw
+            except SerdeError as exc:
+                self._dead_letter(msg, topic, "deserialize", exc, on_delivery)
+                continue
+            record = Record(topic, tp[1], offset, msg.key(), value, headers, msg.timestamp()[1], raw)
+            try:
+                outputs = handler(record)
+                if outputs:
+                    trace_header = telemetry.traceparent(headers)
+                    for out in outputs:
+                        out_headers = out.headers
+                        if trace_header is not None and telemetry.traceparent(out_headers) is None:
+                            # One trace follows a reading across services: forward its context.
+                            out_headers = [*(out_headers or ()), ("traceparent", trace_header)]
+                        produce(out.topic, out.key, out.value, out_headers, on_delivery=on_delivery,
+                                trace=trace_header is None)
+                        self.stats.produced += 1
+            except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
+                self._dead_letter(msg, topic, "process", exc, on_delivery)
+                continue
+            processed.append(record)
+        self.stats.consumed += len(messages)
+        self.stats.batches += 1
+        if processed and self.sink is not None:
+            try:
+                self.sink.write(processed)
+            except Exception as exc:  # noqa: BLE001 - rewind and retry the batch, never skip it
+                failures.append(f"sink: {type(exc).__name__}: {exc}")
+        remaining = self.producer.flush(self.flush_timeout_s)
+        if remaining:
+            remaining = self._drain_paused()
+        if remaining or failures:
+            self._rewind(first_offsets, failures, remaining)
+            return
+        for (full_topic, _), count in _count_by_tp(messages).items():
+            self._m_consumed.labels(full_topic[prefix_len:]).inc(count)
+        self._store(next_offsets)
+        self._m_batch.observe(time.perf_counter() - started)
+
+    def _store(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        held = self.sink.held_offsets() if self.sink is not None else {}
+        prefix = self._prefix
+        offsets = []
+        for (full_topic, partition), nxt in next_offsets.items():
+            hold = held.get((full_topic[len(prefix):], partition))
+            target = nxt if hold is None else min(nxt, hold)
+            if (full_topic, partition) in self._assigned or not self._assigned:
+                offsets.append(TopicPartition(full_topic, partition, target))
+        if offsets:
+            try:
+                self.consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:
+                # Partition revoked meanwhile: its next owner replays the records (at-least-once).
+                event(log, "store_offsets_failed", level=30, error=str(exc))
+
+    def _store_held_offsets(self) -> None:
+        """After a sink wrote buffered rows, move the stored offsets forward to what is now durable."""
+        if self.sink is None or not self._assigned:
+            return
+        held = self.sink.held_offsets()
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        targets: dict[tuple[str, int], int] = {}
+        for tp in positions:
+            if tp.offset == OFFSET_INVALID or tp.offset < 0:
+                continue
+            targets[(tp.topic, tp.partition)] = tp.offset
+        if targets:
+            prefix = self._prefix
+            offsets = []
+            for (full_topic, partition), pos in targets.items():
+                hold = held.get((full_topic[len(prefix):], partition))
+                offsets.append(TopicPartition(full_topic, partition, pos if hold is None else min(pos, hold)))
+            with contextlib.suppress(KafkaException):
+                self.consumer.store_offsets(offsets=offsets)
+
+    def _drain_paused(self) -> int:
+        """Kafka is slow to acknowledge: stop fetching (pause) until the outputs are delivered, then resume."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        event(log, "backpressure_paused", partitions=len(assignment), undelivered=len(self.producer))
+        try:
+            while len(self.producer) and not self._stopping.is_set():
+                self.health.beat()
+                self.producer.poll(0.2)
+        finally:
+            self.consumer.resume(assignment)
+            event(log, "backpressure_resumed", undelivered=len(self.producer))
+        return len(self.producer)
+
+    def _rewind(self, first_offsets: dict[tuple[str, int], int], failures: list[str], remaining: int) -> None:
+        """An output was not acknowledged: seek back and process the batch again (nothing is skipped)."""
+        self.stats.redelivered_batches += 1
+        self._m_redeliver.inc()
+        event(log, "batch_not_acknowledged_retrying", level=30, undelivered=remaining,
+              failures=failures[:5], partitions=len(first_offsets))
+        for (full_topic, partition), offset in first_offsets.items():
+            try:
+                self.consumer.seek(TopicPartition(full_topic, partition, offset))
+            except KafkaException as exc:
+                event(log, "seek_failed", level=30, error=str(exc))
+        time.sleep(0.5)
+
+    def _dead_letter(self, msg: Message, topic: str, stage: str, exc: BaseException,
+                     on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+        headers: Headers = list(msg.headers() or [])
+        headers += [
+            ("__connect.errors.topic", msg.topic().encode()),
+            ("__connect.errors.partition", str(msg.partition()).encode()),
+            ("__connect.errors.offset", str(msg.offset()).encode()),
+            ("__connect.errors.stage", stage.encode()),
+            ("__connect.errors.exception.class.name", type(exc).__name__.encode()),
+            ("__connect.errors.exception.message", str(exc)[:2000].encode("utf-8", "replace")),
+            ("__connect.errors.exception.stacktrace",
+             "".join(traceback.format_exception(exc, limit=5))[-4000:].encode("utf-8", "replace")),
+            ("__connect.errors.consumer.group", self.group_id.encode()),
+            ("lineguard.service", self.settings.service_name.encode()),
+        ]
+        self.producer.produce(topic + DLQ_SUFFIX, msg.key(), msg.value(), headers, on_delivery=on_delivery,
+                              trace=False)
+        self.stats.dead_lettered += 1
+        self._m_dlq.labels(topic, stage).inc()
+        event(log, "dead_lettered", level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+              stage=stage, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _count_by_tp(messages: list[Message]) -> dict[tuple[str, int], int]:
+    counts: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        if msg.error() is None:
+            tp = (msg.topic(), msg.partition())
+            counts[tp] = counts.get(tp, 0) + 1
+    return counts
+
+
+def dlq_headers(headers: Headers | None) -> dict[str, str]:
+    """The Connect-style error headers of a dead letter, decoded (for tools and tests)."""
+    return {k: v.decode("utf-8", "replace") for k, v in headers or () if v is not None and
+            (k.startswith("__connect.errors.") or k.startswith("lineguard."))}
