@@ -240,7 +240,36 @@ class CookieLine:
         self.counters = {"deposited": 0, "exited": 0, "diverted": 0, "detected": 0, "uninspected": 0, "packs": 0}
         self._fault_active: dict[int, bool] = {}
         self.changes: list[dict[str, Any]] = []
+        self.truth_log.write("run_started", 0.0, self.clock.iso(0.0), scenario=scenario.name if scenario else None,
+                             seed=seed, line=self.line.id, start=self.clock.iso(0.0), speed=self.clock.speed,
+                             faults=[f.as_dict() for f in self.faults])
+        self._prefill()
         self._update_truth()
+
+    def _prefill(self) -> None:
+        """Start in steady state: the oven and the cooling conveyor already full of cookies baked on recipe, so a
+        run does not begin with seven silent minutes (which would look like a fault)."""
+        per_second = self.deposit_rate / 60.0
+        oven_s = OVEN_LENGTH_M / (self.belt_speed / 60.0)
+        cooling_s = COOLING_LENGTH_M / (self.conveyor_speed / 60.0)
+        count = int((oven_s + cooling_s) * per_second)
+        for k in range(count, 0, -1):
+            age_s = k / per_second  # how long ago it was deposited
+            cookie = Cookie(item_id=self._new_item_id(), deposited_s=-age_s, torque_nm=self.torque,
+                            moisture_pct=self.moisture)
+            if age_s <= oven_s:
+                cookie.oven_pos_m = age_s * self.belt_speed / 60.0
+                cookie.bake_s = age_s
+                self.in_oven.append(cookie)
+            else:
+                cookie.oven_pos_m = OVEN_LENGTH_M
+                cookie.bake_s = oven_s
+                exited = -(age_s - oven_s)
+                self._label(cookie, exited)
+                cookie.cooling_pos_m = (age_s - oven_s) * self.conveyor_speed / 60.0
+                self.on_conveyor.append(cookie)
+                self._log_cookie(cookie, exited, "conveyed")
+        self._detected_times.extend(-s for s in range(int(60 * per_second), 0, -1))
 
     # --- time -------------------------------------------------------------------------------------------
 
@@ -332,10 +361,13 @@ class CookieLine:
 
     # --- cookies ----------------------------------------------------------------------------------------
 
-    def _deposit(self, t: float) -> None:
+    def _new_item_id(self) -> str:
         item_id = f"{self.line.id}-{self.seed}-{self._next_item:07d}"
         self._next_item += 1
-        self.in_oven.append(Cookie(item_id=item_id, deposited_s=t, torque_nm=self.torque, moisture_pct=self.moisture))
+        return item_id
+
+    def _deposit(self, t: float) -> None:
+        self.in_oven.append(Cookie(item_id=self._new_item_id(), deposited_s=t, torque_nm=self.torque, moisture_pct=self.moisture))
         self.counters["deposited"] += 1
 
     def _bake(self, dt: float, t: float, events: StepEvents) -> None:
@@ -358,12 +390,15 @@ class CookieLine:
             else:
                 self.counters["diverted"] += 1
             events.exited.append(cookie)
-            self.truth_log.write(
-                "cookie", t, self.clock.iso(t), item_id=cookie.item_id, deposited_s=round(cookie.deposited_s, 3),
-                exited_oven_s=round(t, 3), defects=sorted(cookie.defects), fate=fate,
-                bake_dose_c=round(cookie.bake_dose_c, 2), dough_torque_nm=round(cookie.torque_nm, 2),
-                dough_moisture_pct=round(cookie.moisture_pct, 2), cooling_air_c=round(cookie.cooling_air_c, 2),
-                weight_g=round(cookie.weight_g, 2))
+            self._log_cookie(cookie, t, fate)
+
+    def _log_cookie(self, cookie: Cookie, t: float, fate: str) -> None:
+        self.truth_log.write(
+            "cookie", t, self.clock.iso(t), item_id=cookie.item_id, deposited_s=round(cookie.deposited_s, 3),
+            exited_oven_s=round(t, 3), defects=sorted(cookie.defects), fate=fate,
+            bake_dose_c=round(cookie.bake_dose_c, 2), dough_torque_nm=round(cookie.torque_nm, 2),
+            dough_moisture_pct=round(cookie.moisture_pct, 2), cooling_air_c=round(cookie.cooling_air_c, 2),
+            weight_g=round(cookie.weight_g, 2))
 
     def _label(self, cookie: Cookie, t: float) -> None:
         """Cause and effect: the cookie's true defects from what it lived through."""
