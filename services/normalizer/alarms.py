@@ -1,0 +1,114 @@
+"""Alarm state: raw raises and clears become state changes of alarms with stable ids.
+
+The alarm id is a function of the source device and the alarm type only (`urn:ngsi-ld:Alert:<device>-<type>`),
+so it is the same on every instance and after every restart. A raise of an alarm that is already active updates it
+(`raise_count` + 1, latest message and severity) instead of opening a new one; a clear closes it with
+`cleared_at` and `duration_ms`.
+
+State lives in memory per input partition (raw alarms are keyed by device, so one device's alarms always land on
+one partition). A rewound batch (the loop retries a batch whose outputs were not acknowledged) would apply the same
+raw alarm twice; the tracker remembers the output of recent offsets and answers a replayed offset with the same
+output. After a restart the state is empty: a clear whose raise was before the committed offset becomes a state
+change with `raise_count` 0 and no duration (see the README's trade-off).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from lineguard.plant import entity_id
+
+SEVERITIES = ("critical", "major", "minor", "warning", "indeterminate")
+_SEVERITY_ALIASES = {
+    "critical": "critical", "crit": "critical", "fatal": "critical", "emergency": "critical", "alarm": "major",
+    "major": "major", "high": "major", "error": "major", "err": "major",
+    "minor": "minor", "medium": "minor", "low": "minor",
+    "warning": "warning", "warn": "warning", "info": "warning", "notice": "warning",
+    "indeterminate": "indeterminate", "unknown": "indeterminate",
+}
+_RAISE = frozenset(("raise", "raised", "set", "active", "activate", "on", "trigger", "triggered"))
+_CLEAR = frozenset(("clear", "cleared", "reset", "inactive", "deactivate", "off", "resolve", "resolved"))
+
+
+class AlarmActionError(ValueError):
+    """The raw alarm's action is neither a raise nor a clear."""
+
+
+def normalize_severity(raw: str | None) -> str:
+    """The source's severity as one of SEVERITIES; absent or unrecognised -> indeterminate."""
+    if not raw:
+        return "indeterminate"
+    return _SEVERITY_ALIASES.get(raw.strip().lower(), "indeterminate")
+
+
+def normalize_action(raw: str) -> str:
+    action = raw.strip().lower()
+    if action in _RAISE:
+        return "raise"
+    if action in _CLEAR:
+        return "clear"
+    raise AlarmActionError(f"alarm action {raw!r} is neither a raise nor a clear")
+
+
+def alarm_id(device: str, alarm_type: str) -> str:
+    return entity_id("Alert", device, alarm_type)
+
+
+@dataclass(slots=True)
+class _Active:
+    raised_at: int
+    raise_count: int
+    severity: str
+
+
+class AlarmTracker:
+    def __init__(self, replay_memory: int = 10_000) -> None:
+        self._active: dict[int, dict[str, _Active]] = {}
+        self._applied: dict[int, int] = {}
+        self._recent: dict[int, OrderedDict[int, dict]] = {}
+        self._replay_memory = replay_memory
+
+    def active_count(self) -> int:
+        return sum(len(alarms) for alarms in self._active.values())
+
+    def apply(self, raw: dict, partition: int, offset: int, line_id: str, entity: str, observed_at: int) -> dict:
+        """Apply one raw alarm (already validated) and return the AlarmState record it causes."""
+        recent = self._recent.setdefault(partition, OrderedDict())
+        if offset <= self._applied.get(partition, -1):
+            previous = recent.get(offset)
+            if previous is not None:  # a replayed offset: same input, same output, state untouched
+                return dict(previous)
+        action = normalize_action(raw["action"])
+        device, alarm_type = raw["device"], raw["alarm_type"]
+        key = alarm_id(device, alarm_type)
+        active = self._active.setdefault(partition, {})
+        state = active.get(key)
+        severity_given = raw.get("severity")
+        out = {
+            "alarm_id": key, "line_id": line_id, "entity_id": entity, "alarm_type": alarm_type,
+            "message": raw.get("message"), "updated_at": observed_at, "raw_id": raw["id"],
+        }
+        if action == "raise":
+            if state is None:
+                state = _Active(observed_at, 1, normalize_severity(severity_given))
+                active[key] = state
+            else:
+                state.raise_count += 1
+                if severity_given:
+                    state.severity = normalize_severity(severity_given)
+            out.update(severity=state.severity, state="active", raised_at=state.raised_at, cleared_at=None,
+                       duration_ms=None, raise_count=state.raise_count)
+        elif state is not None:
+            del active[key]
+            out.update(severity=state.severity, state="cleared", raised_at=state.raised_at, cleared_at=observed_at,
+                       duration_ms=max(0, observed_at - state.raised_at), raise_count=state.raise_count)
+        else:  # the raise was never seen (before our start, or a clear repeated): close without a duration
+            out.update(severity=normalize_severity(severity_given), state="cleared", raised_at=observed_at,
+                       cleared_at=observed_at, duration_ms=None, raise_count=0)
+        if offset > self._applied.get(partition, -1):
+            self._applied[partition] = offset
+        recent[offset] = out
+        if len(recent) > self._replay_memory:
+            recent.popitem(last=False)
+        return dict(out)
