@@ -141,7 +141,7 @@ class MqttJsonEmitter:
         self.connection = PahoConnection(self.host, self.port, self._client_id or f"{sim.line.id}-sim-json",
                                          self._username, self._password)
         await self.connection.connect()
-        self._next_s = sim.now_s
+        self._next_s = sim.now_s + self.interval_s
 
     def reading_message(self, sim: CookieLine, reading: Reading) -> tuple[str, dict[str, Any]]:
         self._seq[reading.device] += 1
