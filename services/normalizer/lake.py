@@ -1,0 +1,332 @@
+"""The data lake writer: every normalized record, as Parquet, exactly once (a `lineguard.kafka.Sink`).
+
+Layout (Hive-style partitions, queryable as is by DuckDB, Athena/Glue, Spark):
+
+    <lake>/<table>/line_id=<line>/date=<YYYY-MM-DD>/hour=<HH>/<topic>+<partition>+<start offset, 19 digits>.parquet
+
+Exactly once under crashes rests on three rules:
+
+1. Segments. Records of one input partition (topic, partition) are buffered in one open *segment*, which starts at
+   the offset of its first record. A segment holds one file per (table, line, date, hour) it touched; every file of
+   a segment is named after the segment's start offset. The sink holds back the commit of the segment's start
+   offset until the whole segment is durable (`held_offsets`), so the committed offset of a partition is always the
+   start of a segment (or the point right after a flush).
+2. Deterministic rotation. A segment closes when it holds `max_rows` records, or when a record's own time is
+   `rotate_interval_ms` or more away from the segment's first record (that record starts the next segment). Both
+   depend only on the records, never on wall clock, batch boundaries or when the process started. So a replay from
+   the committed offset rebuilds exactly the segments the crashed process was building, and rewrites the same
+   objects with the same rows (an overwrite, never a second copy).
+3. Atomic objects. A local file is written under a temporary name, fsynced and renamed; an S3 object appears whole
+   on `put_object`. Half a file is never visible.
+
+A forced flush (shutdown, partitions revoked) closes segments early; the loop then commits synchronously. Should
+that commit be lost, a replay rebuilds the same segment start with the regular rule, whose files are a superset of
+the flushed ones and overwrite them.
+"""
+
+from __future__ import annotations
+
+import io
+import operator
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lineguard import telemetry
+from lineguard.kafka import Record
+from lineguard.logs import event, get_logger
+
+log = get_logger(__name__)
+
+TS = pa.timestamp("ms", tz="UTC")
+SOURCE = pa.struct([("protocol", pa.string()), ("device", pa.string()), ("address", pa.string()),
+                    ("position", pa.string()), ("received_by", pa.string())])
+DEFECT = pa.struct([("defect_class", pa.string()), ("confidence", pa.float64()), ("box", pa.list_(pa.int32())),
+                    ("reason", pa.string())])
+MODEL = pa.struct([("provider", pa.string()), ("model_id", pa.string()), ("version", pa.string())])
+LINEAGE = [("raw_topic", pa.string()), ("raw_partition", pa.int32()), ("raw_offset", pa.int64())]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One lake table: its Parquet schema (partition columns excluded), and the record field that dates a row."""
+
+    name: str
+    time_field: str
+    schema: pa.Schema
+    columns: list[tuple[str, Callable[[dict], Any]]] = field(default_factory=list)
+
+
+def _get(name: str) -> Callable[[dict], Any]:
+    return operator.itemgetter(name)
+
+
+def _number(row: dict) -> float | None:
+    value = row["value"]
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(row: dict) -> str | None:
+    value = row["value"]
+    if isinstance(value, str):
+        return value
+    return str(value).lower() if isinstance(value, bool) else None
+
+
+def _table(name: str, time_field: str, fields: list[tuple[str, pa.DataType]],
+           special: dict[str, Callable[[dict], Any]] | None = None) -> TableSpec:
+    special = special or {}
+    fields = fields + LINEAGE
+    columns = [(col, special.get(col) or _get(col)) for col, _ in fields]
+    return TableSpec(name, time_field, pa.schema(fields), columns)
+
+
+TABLES: dict[str, TableSpec] = {
+    "observations": _table("observations", "observed_at", [
+        ("id", pa.string()), ("entity_id", pa.string()), ("entity_type", pa.string()), ("sensor_id", pa.string()),
+        ("attribute", pa.string()), ("value", pa.float64()), ("value_text", pa.string()),
+        ("unit_code", pa.string()), ("observed_at", TS), ("quality", pa.list_(pa.string())),
+        ("raw_id", pa.string()), ("source", SOURCE),
+    ], {"value": _number, "value_text": _text}),
+    "alarms": _table("alarms", "updated_at", [
+        ("alarm_id", pa.string()), ("entity_id", pa.string()), ("alarm_type", pa.string()),
+        ("severity", pa.string()), ("state", pa.string()), ("raised_at", TS), ("cleared_at", TS),
+        ("duration_ms", pa.int64()), ("raise_count", pa.int32()), ("message", pa.string()), ("updated_at", TS),
+        ("raw_id", pa.string()),
+    ]),
+    "inspections": _table("inspections", "captured_at", [
+        ("id", pa.string()), ("item_id", pa.string()), ("station", pa.string()), ("captured_at", TS),
+        ("inspected_at", TS), ("verdict", pa.string()), ("defects", pa.list_(DEFECT)), ("image_uri", pa.string()),
+        ("model", MODEL), ("latency_ms", pa.float64()), ("line_entity_id", pa.string()),
+        ("station_entity_id", pa.string()), ("upstream", pa.list_(pa.string())), ("raw_id", pa.string()),
+    ], {"raw_id": _get("id")}),
+}
+
+
+# --- storage ------------------------------------------------------------------------------------------------
+
+
+class LakeStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+class LocalStore:
+    """A directory; each object is written to a temporary name, fsynced, then renamed into place."""
+
+    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:  # the rename itself must survive a power cut
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class S3Store:
+    """An S3 bucket and prefix (boto3 `put_object`; an object appears whole or not at all)."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None, region: str | None = None,
+                 client: Any = None) -> None:
+        if not url.startswith("s3://"):
+            raise ValueError(f"expected s3://bucket[/prefix], got {url!r}")
+        bucket, _, prefix = url[5:].partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        self.client = client
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data,
+                               ContentType="application/vnd.apache.parquet")
+
+
+def open_store(lake_url: str | None, lake_dir: str | Path, endpoint_url: str | None = None,
+               region: str | None = None) -> LakeStore:
+    if lake_url:
+        return S3Store(lake_url, endpoint_url, region)
+    return LocalStore(lake_dir)
+
+
+# --- the writer ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Segment:
+    start_offset: int
+    first_time: int
+    count: int = 0
+    # (table, line_id, hour bucket) -> rows, in offset order
+    files: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
+
+
+RowSource = Callable[[Record], tuple[str, dict] | None]
+
+
+class LakeWriter:
+    """Buffers rows per input partition in segments and writes each closed segment as Parquet objects."""
+
+    def __init__(self, store: LakeStore, rows: RowSource, *, topic_prefix: str = "", max_rows: int = 100_000,
+                 rotate_interval_ms: int = 600_000, compression: str = "snappy", service: str = "normalizer") -> None:
+        self.store = store
+        self.rows = rows
+        self.topic_prefix = topic_prefix
+        self.max_rows = max_rows
+        self.rotate_interval_ms = rotate_interval_ms
+        self.compression = None if compression == "none" else compression
+        self._segments: dict[tuple[str, int], _Segment] = {}
+        self._next: dict[tuple[str, int], int] = {}
+        self._hours: dict[int, tuple[str, str]] = {}
+        self.objects_written = 0
+        self.bytes_written = 0
+        self.rows_written = 0
+        self._m_objects = telemetry.counter(service, "lake_objects_written", "Parquet objects written to the lake.",
+                                            ["table"])
+        self._m_bytes = telemetry.counter(service, "lake_bytes_written", "Bytes of Parquet written to the lake.",
+                                          ["table"])
+        self._m_rows = telemetry.counter(service, "lake_rows_written", "Rows written to the lake.", ["table"])
+        self._m_seconds = telemetry.histogram(service, "lake_write_duration_seconds",
+                                              "Time to encode and store one lake segment.")
+        self._m_buffered = telemetry.gauge(service, "lake_buffered_rows", "Rows buffered in open lake segments.")
+
+    # --- Sink -------------------------------------------------------------------------------------------------
+
+    def write(self, records: list[Record]) -> None:
+        rows = self.rows
+        segments = self._segments
+        interval = self.rotate_interval_ms
+        for record in records:
+            found = rows(record)
+            tp = (record.topic, record.partition)
+            offset = record.offset
+            if offset < self._next.get(tp, -1):
+                continue  # a rewound batch: this record is buffered or written already
+            if found is None:
+                self._next[tp] = offset + 1
+                continue
+            table, row = found
+            at = row[TABLES[table].time_field]
+            segment = segments.get(tp)
+            if segment is not None and (segment.count >= self.max_rows or at >= segment.first_time + interval
+                                        or at <= segment.first_time - interval):
+                self._close(tp, segment)
+                segment = None
+            if segment is None:
+                segment = segments[tp] = _Segment(offset, at)
+            bucket = at // 3_600_000
+            key = (table, row["line_id"], bucket)
+            rows_of_file = segment.files.get(key)
+            if rows_of_file is None:
+                rows_of_file = segment.files[key] = []
+            row["raw_topic"] = record.topic
+            row["raw_partition"] = record.partition
+            row["raw_offset"] = offset
+            rows_of_file.append(row)
+            segment.count += 1
+            self._next[tp] = offset + 1
+            if segment.count >= self.max_rows:
+                self._close(tp, segment)
+        self._m_buffered.set(self.buffered_rows())
+
+    def held_offsets(self) -> dict[tuple[str, int], int]:
+        return {tp: segment.start_offset for tp, segment in self._segments.items()}
+
+    def flush(self) -> None:
+        for tp, segment in list(self._segments.items()):
+            self._close(tp, segment)
+        self._m_buffered.set(0)
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def buffered_rows(self) -> int:
+        return sum(segment.count for segment in self._segments.values())
+
+    def object_key(self, table: str, line_id: str, bucket: int, topic: str, partition: int, start: int) -> str:
+        date, hour = self._hour(bucket)
+        return (f"{table}/line_id={line_id}/date={date}/hour={hour}/"
+                f"{self.topic_prefix}{topic}+{partition}+{start:019d}.parquet")
+
+    def _hour(self, bucket: int) -> tuple[str, str]:
+        found = self._hours.get(bucket)
+        if found is None:
+            tm = time.gmtime(bucket * 3600)
+            found = (time.strftime("%Y-%m-%d", tm), f"{tm.tm_hour:02d}")
+            if len(self._hours) > 10_000:
+                self._hours.clear()
+            self._hours[bucket] = found
+        return found
+
+    def _close(self, tp: tuple[str, int], segment: _Segment) -> None:
+        """Write every file of the segment; only then forget it (a failure keeps it for the retry)."""
+        started = time.perf_counter()
+        topic, partition = tp
+        for (table, line_id, bucket), rows in segment.files.items():
+            key = self.object_key(table, line_id, bucket, topic, partition, segment.start_offset)
+            data = encode_parquet(TABLES[table], rows, self.compression)
+            self.store.put(key, data)
+            self.objects_written += 1
+            self.bytes_written += len(data)
+            self.rows_written += len(rows)
+            self._m_objects.labels(table).inc()
+            self._m_bytes.labels(table).inc(len(data))
+            self._m_rows.labels(table).inc(len(rows))
+        del self._segments[tp]
+        self._m_seconds.observe(time.perf_counter() - started)
+        event(log, "lake_segment_written", topic=topic, partition=partition, start_offset=segment.start_offset,
+              rows=segment.count, objects=len(segment.files), store=self.store.describe())
+
+
+def encode_parquet(spec: TableSpec, rows: list[dict], compression: str | None = "snappy") -> bytes:
+    arrays = []
+    for (_name, get), schema_field in zip(spec.columns, spec.schema, strict=True):
+        arrays.append(_column(list(map(get, rows)), schema_field.type))
+    table = pa.Table.from_arrays(arrays, schema=spec.schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression)
+    return buf.getvalue()
+
+
+def _column(values: list, type_: pa.DataType) -> pa.Array:
+    """A column from Python values; flat structs (never null here) are built child by child, which is faster."""
+    if pa.types.is_struct(type_) and None not in values:
+        children = [_column(list(map(operator.itemgetter(child.name), values)), child.type) for child in type_]
+        return pa.StructArray.from_arrays(children, fields=list(type_))
+    return pa.array(values, type=type_)
