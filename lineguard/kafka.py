@@ -75,6 +75,7 @@ class Producer:
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **conf_overrides: Any) -> None:
         self.settings = settings
+        telemetry.setup_tracing(settings.service_name)  # so trace context exists and travels in headers
         self.serde = serde or AvroSerde(settings.schemas_dir, settings.schema_registry_url,
                                         settings.schema_registry_auth, settings.topic_prefix)
         self._producer = _RdProducer(producer_config(settings, **conf_overrides))
