@@ -174,6 +174,10 @@ class S3Store:
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def check(self) -> None:
+        """Fail early, with the reason, when the bucket cannot be reached (wrong name, endpoint or credentials)."""
+        self.client.head_bucket(Bucket=self.bucket)
+
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data,
                                ContentType="application/vnd.apache.parquet")

@@ -1,0 +1,57 @@
+"""The service's handler (counting, lake rows) and its settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from lineguard.kafka import Record
+from lineguard.plant import default_plant_path, load_plant
+from lineguard.settings import SettingsError
+from services.normalizer.mapping import Normalizer, UnknownDeviceError
+from services.normalizer.service import Pipeline
+from services.normalizer.settings import NormalizerSettings
+
+T0 = 1_764_400_000_000
+
+
+def raw(device: str = "line1-mixer") -> dict:
+    return {"id": "r1", "device": device, "metric": "torque", "value": 45.0, "unit": "Nm", "observed_at": T0,
+            "received_at": T0, "source": {"protocol": "mqtt", "device": device, "address": "a", "position": None,
+                                          "received_by": None}, "attributes": {}}
+
+
+def test_pipeline_hands_each_row_to_the_lake_once() -> None:
+    pipeline = Pipeline(Normalizer(load_plant(default_plant_path())), "normalizer-unit-test")
+    record = Record("raw.telemetry.v1", 4, 17, b"line1-mixer", raw(), [], T0, None)
+    [out] = pipeline.handle(record)
+    assert out.key == "line1" and out.value["value"] == 45.0
+    table, row = pipeline.lake_row(record)
+    assert table == "observations" and row is out.value
+    assert pipeline.lake_row(record) is None
+
+
+def test_pipeline_lets_rejections_through_to_the_loop_and_keeps_no_row() -> None:
+    pipeline = Pipeline(Normalizer(load_plant(default_plant_path())), "normalizer-unit-test")
+    record = Record("raw.telemetry.v1", 0, 1, b"x", raw("ghost"), [], T0, None)
+    with pytest.raises(UnknownDeviceError):
+        pipeline.handle(record)
+    assert pipeline.lake_row(record) is None
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = NormalizerSettings.from_env(environ={"LINEGUARD_LAKE_URL": "s3://bucket/lake",
+                                                    "LINEGUARD_LAKE_MAX_ROWS": "500",
+                                                    "LINEGUARD_HTTP_PORT": "9000"})
+    assert settings.lake_url == "s3://bucket/lake" and settings.lake_max_rows == 500
+    assert settings.http_port == 9000 and settings.service_name == "normalizer"
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({"LINEGUARD_LAKE_URL": "gs://bucket"}, "expected s3://"),
+    ({"LINEGUARD_LAKE_URL": "s3:///prefix"}, "bucket name is missing"),
+    ({"LINEGUARD_LAKE_MAX_ROWS": "0"}, "LINEGUARD_LAKE_MAX_ROWS"),
+    ({"LINEGUARD_LAKE_COMPRESSION": "lzma"}, "LINEGUARD_LAKE_COMPRESSION"),
+])
+def test_bad_settings_name_the_variable(env: dict, why: str) -> None:
+    with pytest.raises(SettingsError, match=why):
+        NormalizerSettings.from_env(environ=env)
