@@ -136,7 +136,8 @@ async def run_simulation(args: argparse.Namespace) -> int:
     api_port = args.api_port
     if api_port is None:
         api_port = urlsplit(line.controller_api).port if line.controller_api else None
-    api_runner, bound_api = await start_control_api(sim, token, args.api_host, int(api_port or 8090))
+    api_runner, bound_api = await start_control_api(sim, token, args.api_host,
+                                                    int(api_port) if api_port is not None else 8090)
 
     emitters: list[Any] = []
     mqtt_host, mqtt_port = _host_port(args.mqtt, 1883)

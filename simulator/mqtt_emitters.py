@@ -32,6 +32,13 @@ from simulator.model import Alarm, AlarmTracker, CookieLine, Reading, StepEvents
 log = logging.getLogger("simulator.mqtt")
 
 
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # queued while disconnected: not sent yet
+        return False
+
+
 class PahoConnection:
     """A paho client on its own network thread, with connect/drain/close as coroutines."""
 
@@ -42,6 +49,7 @@ class PahoConnection:
         if username:
             self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(200)
+        self.client.max_queued_messages_set(20000)  # bounded memory while the broker is away
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -71,7 +79,7 @@ class PahoConnection:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.connected.clear)
 
-    async def connect(self, wait_s: float = 10.0) -> bool:
+    async def connect(self, wait_s: float = 3.0) -> bool:
         """Start connecting; paho keeps retrying in the background if the broker is not there yet."""
         self.loop = asyncio.get_running_loop()
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
@@ -86,17 +94,21 @@ class PahoConnection:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == mqtt.MQTT_ERR_SUCCESS or qos > 0:
+        # While disconnected paho queues QoS 1 messages (up to max_queued_messages) and sends them on reconnect.
+        if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
             self.stats["published"] += 1
+            if qos > 0:
+                self._pending.append(info)
+                if len(self._pending) > 2000:
+                    self._pending = [i for i in self._pending if not _acknowledged(i)]
         else:
             self.stats["dropped"] += 1
-        if qos > 0:
-            self._pending.append(info)
-            if len(self._pending) > 2000:
-                self._pending = [i for i in self._pending if not i.is_published()]
+            if self.stats["dropped"] in (1, 100) or self.stats["dropped"] % 10000 == 0:
+                event(log, "mqtt_publish_dropped", logging.WARNING, topic=topic, rc=info.rc,
+                      dropped=self.stats["dropped"])
 
     def unacked(self) -> int:
-        self._pending = [i for i in self._pending if not i.is_published()]
+        self._pending = [i for i in self._pending if not _acknowledged(i)]
         return len(self._pending)
 
     async def drain(self, timeout_s: float = 5.0) -> int:
