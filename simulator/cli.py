@@ -34,11 +34,15 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    """HOST:PORT, HOST, or an mqtt:// URL."""
+    if "://" in value:
+        parts = urlsplit(value)
+        return parts.hostname or "127.0.0.1", parts.port or default_port
     host, _, port = value.rpartition(":") if ":" in value else (value, "", str(default_port))
     try:
         return host or "127.0.0.1", int(port)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+        raise ValueError(f"--mqtt: expected HOST:PORT or mqtt://HOST:PORT, got {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packaging batch report period, simulated seconds [LINEGUARD_SIM_BATCH_PERIOD_S]")
 
     g = run.add_argument_group("MQTT (JSON readings and alarms, Sparkplug B oven)")
-    g.add_argument("--mqtt", default=_env("LINEGUARD_SIM_MQTT", "127.0.0.1:1883"),
-                   help="broker HOST:PORT [LINEGUARD_SIM_MQTT]")
+    g.add_argument("--mqtt", default=_env("LINEGUARD_SIM_MQTT", _env("LINEGUARD_MQTT_URL", "127.0.0.1:1883")),
+                   help="broker HOST:PORT or mqtt://HOST:PORT [LINEGUARD_SIM_MQTT, else LINEGUARD_MQTT_URL]")
     g.add_argument("--mqtt-username", default=_env("LINEGUARD_SIM_MQTT_USERNAME"))
     g.add_argument("--mqtt-password", default=_env("LINEGUARD_SIM_MQTT_PASSWORD"),
                    help="[LINEGUARD_SIM_MQTT_PASSWORD]")
