@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from lineguard import sparkplug as spb
 from lineguard.logs import event
-from simulator.model import Alarm, AlarmTracker, CookieLine, Reading, StepEvents
+from simulator.model import Alarm, AlarmTracker, ControlError, CookieLine, Reading, StepEvents
 
 log = logging.getLogger("simulator.mqtt")
 
@@ -213,6 +213,7 @@ class SparkplugEmitter:
         self.connection: PahoConnection | None = None
         self.sim: CookieLine | None = None
         self.aliases: dict[str, int] = {}
+        self.setpoint_metrics: dict[str, str] = {}  # metric name -> setpoint parameter (writable by NCMD)
         self.datatypes: dict[str, spb.DataType] = {}
         self.units: dict[str, str | None] = {}
         self.last_sent: dict[str, Any] = {}
@@ -235,6 +236,7 @@ class SparkplugEmitter:
         for parameter, setpoint in machine.setpoints.items():
             name = parameter if parameter not in sensor_names else f"{parameter}_setpoint"
             names.append((name, spb.DataType.Double, setpoint.unit))
+            self.setpoint_metrics[name] = parameter
         names.append(("state", spb.DataType.String, None))
         for sensor in machine.sensors:
             if sensor.normal is not None:
@@ -319,13 +321,36 @@ class SparkplugEmitter:
         except spb.SparkplugError as exc:
             event(log, "sparkplug_bad_command", logging.WARNING, topic=message.topic, error=str(exc))
             return
-        rebirth = payload.metric(spb.REBIRTH_METRIC)
-        if rebirth is not None and rebirth.value is True and self.connection and self.connection.loop:
-            self.connection.loop.call_soon_threadsafe(self._rebirth_requested)
+        if self.connection and self.connection.loop:
+            self.connection.loop.call_soon_threadsafe(self.command, payload.metrics)
 
-    def _rebirth_requested(self) -> None:
-        event(log, "sparkplug_rebirth_requested", edge_node=self.edge_node_id)
-        self.birth()
+    def command(self, metrics: list[spb.Metric]) -> list[dict[str, Any]]:
+        """Act on an NCMD: Rebirth, or writes to setpoint metrics (by name or alias), within the plant's limits."""
+        results: list[dict[str, Any]] = []
+        names_by_alias = {alias: name for name, alias in self.aliases.items()}
+        for metric in metrics:
+            name = metric.name or names_by_alias.get(metric.alias or -1)
+            if name == spb.REBIRTH_METRIC:
+                if metric.value is True:
+                    event(log, "sparkplug_rebirth_requested", edge_node=self.edge_node_id)
+                    self.birth()
+                continue
+            parameter = self.setpoint_metrics.get(name or "")
+            if parameter is None or self.sim is None:
+                event(log, "sparkplug_command_ignored", logging.WARNING, metric=name or metric.alias,
+                      reason="not a writable metric")
+                continue
+            try:
+                change = self.sim.set_setpoint(self.machine_id, parameter, metric.value, source="sparkplug",
+                                               reason="NCMD")
+            except ControlError as refused:
+                event(log, "sparkplug_write_refused", logging.WARNING, metric=name, value=metric.value,
+                      reason=refused.reason)
+                continue
+            event(log, "setpoint_changed", machine=self.machine_id, parameter=parameter,
+                  previous=change["previous"], value=change["value"], source="sparkplug")
+            results.append(change)
+        return results
 
     def _after_connect(self) -> None:
         assert self.connection is not None

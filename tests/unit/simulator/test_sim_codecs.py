@@ -195,3 +195,28 @@ def test_invalid_scenarios_are_refused_with_the_field_named(edit, why):
 def test_unknown_scenario_lists_the_known_ones():
     with pytest.raises(ScenarioError, match="normal_run"):
         load_scenario("no_such_scenario", LINE)
+
+
+def test_sparkplug_ncmd_rebirths_and_writes_setpoints_within_limits():
+    sim = CookieLine(PLANT, seed=1, clock=SimClock(speed=0))
+    emitter = SparkplugEmitter()
+    emitter.sim, emitter.group_id, emitter.edge_node_id = sim, "bakery1", "line1-oven"
+    emitter.alarms = AlarmTracker(LINE)
+    emitter._catalogue(sim)
+    emitter.connection = FakeConnection()
+    emitter.birth()
+    emitter._data(sim)
+    alias = emitter.aliases["zone1_setpoint"]
+    changes = emitter.command([
+        spb.Metric(None, 175.0, spb.DataType.Double, alias=alias),
+        spb.Metric("belt_speed_setpoint", 9.0, spb.DataType.Double),  # outside [2, 4]: refused
+        spb.Metric("zone1_temperature", 100.0, spb.DataType.Double),  # a reading: not writable
+    ])
+    assert [(c["parameter"], c["previous"], c["value"], c["source"]) for c in changes] == [
+        ("zone1_setpoint", 180.0, 175.0, "sparkplug")]
+    assert sim.machines["oven"].setpoints["belt_speed"] == 3.0
+    emitter.command([spb.Metric(spb.REBIRTH_METRIC, True, spb.DataType.Boolean)])
+    topic_name, payload = emitter.connection.sent[-1]
+    rebirth = spb.decode_payload(payload)
+    assert topic_name.endswith("/NBIRTH/line1-oven") and rebirth.seq == 0
+    assert rebirth.metric("zone1_setpoint").value == 175.0
