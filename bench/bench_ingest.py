@@ -1,0 +1,180 @@
+"""Ingest benchmark: MQTT readings acknowledged into Kafka per second, against the same broker and MQTT client
+delivering without Kafka in the path, both measured in the same run.
+
+    .venv/bin/python bench/bench_ingest.py [--messages 60000]
+
+Both sides start from the same state: N readings are queued at Mosquitto in the client's persistent session
+while it is offline; then the client connects and the clock runs until it has acknowledged all N.
+- bare:   a paho client (manual ack, QoS 1) that acknowledges each message on receipt (the broker/client ceiling).
+- ingest: the ingest MQTT adapter: parse, map, Avro-encode, produce to raw.telemetry.v1 on a local Tansu broker,
+          and acknowledge each message only after Kafka confirmed its record.
+Budget (DESIGN.md): 20,000 readings/s acknowledged per ingest process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
+from lineguard.embedded import free_port, mosquitto_binary, port_open, tansu_command  # noqa: E402
+from services.ingest.mqtt_adapter import BrokerAddress, MqttAdapter, make_client  # noqa: E402
+from services.ingest.pipeline import IngestPipeline  # noqa: E402
+from services.ingest.settings import IngestSettings  # noqa: E402
+
+TOPIC_FILTER = "plant/+/+/+"
+BUDGET = 20_000
+
+
+def start(argv: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{argv[0]} did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def messages(n: int, run: str) -> list[tuple[str, bytes]]:
+    machines = ["mixer", "depositor", "cooling-conveyor"]
+    metrics = ["temperature", "torque", "speed"]
+    out = []
+    for i in range(n):
+        machine, metric = machines[i % 3], metrics[(i // 3) % 3]
+        body = {"device": f"line1-{machine}", "line": "line1", "machine": machine, "metric": metric,
+                "value": 40.0 + (i % 100) / 10, "unit": "NU", "ts": 1_790_000_000_000 + i, "seq": i + 1,
+                "run": run}
+        out.append((f"plant/line1/{machine}/{metric}", json.dumps(body, separators=(",", ":")).encode()))
+    return out
+
+
+def register_session(address: BrokerAddress, client_id: str) -> None:
+    """Create the persistent session and its subscription, then go offline: the broker queues from now on."""
+    client = make_client(address, client_id, clean_session=False, manual_ack=True)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_connect = lambda c, *a: c.subscribe(TOPIC_FILTER, qos=1)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError("could not subscribe")
+    client.disconnect()
+    client.loop_stop()
+
+
+def preload(address: BrokerAddress, batch: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.monotonic_ns()}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in batch]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def bench_bare(address: BrokerAddress, n: int) -> float:
+    client_id = "bench-bare"
+    register_session(address, client_id)
+    preload(address, messages(n, "bare"))
+    client = make_client(address, client_id, clean_session=False, manual_ack=True)
+    count = 0
+    done = threading.Event()
+    started = 0.0
+
+    def on_message(c: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        json.loads(message.payload)  # the least a consumer must do with a reading
+        c.ack(message.mid, message.qos)  # (stock paho ack: one PUBACK, as a client acking on receipt would)
+        count += 1
+        if count == n:
+            done.set()
+
+    client.on_message = on_message
+    started = time.perf_counter()
+    client.connect(address.host, address.port)
+    client.loop_start()
+    if not done.wait(300):
+        raise RuntimeError(f"bare client received {count} of {n}")
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return n / elapsed
+
+
+def bench_ingest(address: BrokerAddress, url: str, bootstrap: str, n: int) -> tuple[float, float]:
+    settings = IngestSettings.from_env(environ={}, kafka_bootstrap=bootstrap, topic_prefix="bench.",
+                                       log_level="WARNING")
+    bootstrap_topics(admin_client(bootstrap), load_catalog(settings.schemas_dir), settings.topic_prefix)
+    client_id = "bench-ingest"
+    register_session(address, client_id)
+    # Warm the producer (metadata, idempotent producer id) before the clock starts.
+    pipeline = IngestPipeline(settings)
+    preload(address, messages(n, "ingest"))
+    adapter = MqttAdapter(pipeline, url, [TOPIC_FILTER], client_id)
+    started = time.perf_counter()
+    adapter.start()
+    deadline = time.monotonic() + 300
+    while adapter.stats["acknowledged"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    acknowledged = adapter.stats["acknowledged"]
+    lag = pipeline.metrics.ack_lag.labels("mqtt")
+    lag_sum = lag._sum.get()
+    adapter.stop()
+    pipeline.close()
+    if acknowledged < n:
+        raise RuntimeError(f"ingest acknowledged {acknowledged} of {n}")
+    return n / elapsed, lag_sum / n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=60000)
+    args = parser.parse_args()
+    if mosquitto_binary() is None:
+        print("mosquitto is not installed")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    mqtt_port, kafka_port = free_port(), free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_inflight_messages 1000\nmax_queued_messages 0\nmax_queued_bytes 0\n")
+    procs = [start([mosquitto_binary(), "-c", str(conf)], mqtt_port),
+             start(tansu_command(kafka_port), kafka_port)]
+    try:
+        bootstrap = f"127.0.0.1:{kafka_port}"
+        wait_for_broker(bootstrap, timeout=20)
+        url = f"mqtt://127.0.0.1:{mqtt_port}"
+        address = BrokerAddress.parse(url)
+        bare = bench_bare(address, args.messages)
+        ingest, mean_lag = bench_ingest(address, url, bootstrap, args.messages)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    print(f"messages per side:                         {args.messages}")
+    print(f"bare MQTT client (ack on receipt):          {bare:10,.0f} readings/s")
+    print(f"ingest (ack after Kafka delivery):          {ingest:10,.0f} readings/s")
+    print(f"ratio ingest / bare:                        {ingest / bare:10.2f}")
+    print(f"mean ack lag under full load:               {mean_lag * 1000:10.1f} ms")
+    print(f"budget:                                     {BUDGET:10,} readings/s -> "
+          f"{'met' if ingest >= BUDGET else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
