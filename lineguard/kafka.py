@@ -79,6 +79,7 @@ class Producer:
         self.serde = serde or AvroSerde(settings.schemas_dir, settings.schema_registry_url,
                                         settings.schema_registry_auth, settings.topic_prefix)
         self._producer = _RdProducer(producer_config(settings, **conf_overrides))
+        self._prefix = settings.topic_prefix
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         service = settings.service_name
@@ -86,39 +87,55 @@ class Producer:
         self._failed = telemetry.counter(service, "produce_failures", "Records Kafka did not acknowledge.", ["topic"])
 
     def full_topic(self, topic: str) -> str:
-        return self.settings.topic_prefix + topic
+        return self._prefix + topic
 
     def produce(self, topic: str, key: str | bytes | None, value: dict | bytes | None,
                 headers: Headers | None = None,
                 on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
                 trace: bool = True) -> None:
-        """Queue one record (non-blocking apart from back-off when the local queue is full)."""
+        """Queue one record (non-blocking apart from back-off when the local queue is full).
+
+        Without `on_delivery` the producer counts deliveries in its metrics itself; a caller that passes one
+        (the consumer loop, `send`) counts them, so the hot path pays for one callback per record, not two.
+        """
         payload = self.serde.encode(topic, value) if isinstance(value, dict) else value
-        full = self.full_topic(topic)
+        full = self._prefix + topic
+        callback = on_delivery if on_delivery is not None else self._count_delivery
         if trace and telemetry.traceparent(headers) is None:
             with telemetry.send_span(full, key):
                 headers = telemetry.inject_headers(headers)
-                self._produce_raw(full, _key_bytes(key), payload, headers, topic, on_delivery)
+                self._produce_raw(full, _key_bytes(key), payload, headers, callback)
         else:
-            self._produce_raw(full, _key_bytes(key), payload, headers, topic, on_delivery)
+            self._produce_raw(full, _key_bytes(key), payload, headers, callback)
+
+    def _count_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        topic = msg.topic()[len(self._prefix):]
+        if err is None:
+            self._produced.labels(topic).inc()
+        else:
+            self._failed.labels(topic).inc()
+            event(log, "delivery_failed", level=30, topic=msg.topic(), error=err.str())
+
+    def count_delivered(self, topic: str, delivered: int, failed: int = 0) -> None:
+        """Metrics for records whose delivery a caller tracked itself."""
+        if delivered:
+            self._produced.labels(topic).inc(delivered)
+        if failed:
+            self._failed.labels(topic).inc(failed)
 
     def _produce_raw(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
-                     logical: str, on_delivery: Callable | None) -> None:
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                self._produced.labels(logical).inc()
-            else:
-                self._failed.labels(logical).inc()
-            if on_delivery is not None:
-                on_delivery(err, msg)
-
-        while True:
-            try:
-                self._producer.produce(full, payload, key, headers=headers, on_delivery=report)
-                return
-            except BufferError:
-                # Local queue full: serve delivery reports to make room (backpressure on the caller).
+                     callback: Callable) -> None:
+        try:
+            self._producer.produce(full, payload, key, headers=headers, on_delivery=callback)
+        except BufferError:
+            # Local queue full: serve delivery reports to make room (backpressure on the caller).
+            while True:
                 self._producer.poll(0.05)
+                try:
+                    self._producer.produce(full, payload, key, headers=headers, on_delivery=callback)
+                    return
+                except BufferError:
+                    continue
 
     def poll(self, timeout: float = 0.0) -> int:
         return self._producer.poll(timeout)
@@ -150,6 +167,7 @@ class Producer:
         future: asyncio.Future[Message] = loop.create_future()
 
         def done(err: KafkaError | None, msg: Message) -> None:
+            self._count_delivery(err, msg)
             loop.call_soon_threadsafe(_resolve, future, err, msg)
 
         self.produce(topic, key, value, headers, on_delivery=done)
@@ -165,6 +183,7 @@ class Producer:
             future: asyncio.Future[Message] = loop.create_future()
 
             def done(err: KafkaError | None, msg: Message, future: asyncio.Future = future) -> None:
+                self._count_delivery(err, msg)
                 loop.call_soon_threadsafe(_resolve, future, err, msg)
 
             self.produce(topic, key, value, headers, on_delivery=done)
@@ -378,6 +397,8 @@ class ConsumerLoop:
 
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
+        produced: dict[str, int] = {}
+        consumed: dict[tuple[str, int], int] = {}
         processed: list[Record] = []
         produce = self.producer.produce
         prefix_len = len(self._prefix)
@@ -393,8 +414,10 @@ class ConsumerLoop:
             full_topic = msg.topic()
             tp = (full_topic, msg.partition())
             offset = msg.offset()
-            first_offsets.setdefault(tp, offset)
+            if tp not in first_offsets:
+                first_offsets[tp] = offset
             next_offsets[tp] = offset + 1
+            consumed[tp] = consumed.get(tp, 0) + 1
             topic = full_topic[prefix_len:]
             raw = msg.value()
             headers = msg.headers() or []
@@ -415,7 +438,7 @@ class ConsumerLoop:
                             out_headers = [*(out_headers or ()), ("traceparent", trace_header)]
                         produce(out.topic, out.key, out.value, out_headers, on_delivery=on_delivery,
                                 trace=trace_header is None)
-                        self.stats.produced += 1
+                        produced[out.topic] = produced.get(out.topic, 0) + 1
             except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
                 self._dead_letter(msg, topic, "process", exc, on_delivery)
                 continue
@@ -433,8 +456,11 @@ class ConsumerLoop:
         if remaining or failures:
             self._rewind(first_offsets, failures, remaining)
             return
-        for (full_topic, _), count in _count_by_tp(messages).items():
+        for (full_topic, _), count in consumed.items():
             self._m_consumed.labels(full_topic[prefix_len:]).inc(count)
+        for topic, count in produced.items():
+            self.producer.count_delivered(topic, count)
+            self.stats.produced += count
         self._store(next_offsets)
         self._m_batch.observe(time.perf_counter() - started)
 
@@ -522,15 +548,6 @@ class ConsumerLoop:
         self._m_dlq.labels(topic, stage).inc()
         event(log, "dead_lettered", level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
               stage=stage, error=f"{type(exc).__name__}: {exc}"[:500])
-
-
-def _count_by_tp(messages: list[Message]) -> dict[tuple[str, int], int]:
-    counts: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        if msg.error() is None:
-            tp = (msg.topic(), msg.partition())
-            counts[tp] = counts.get(tp, 0) + 1
-    return counts
 
 
 def dlq_headers(headers: Headers | None) -> dict[str, str]:

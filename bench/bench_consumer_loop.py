@@ -1,0 +1,137 @@
+"""The shared consumer loop against a bare confluent-kafka consume-produce loop, side by side in one run.
+
+Both read the same records from the same broker (a Tansu started here) and write them to a fresh topic:
+- bare: consume -> produce the same bytes -> poll; no decoding, no dead letters, no delivery wait per batch;
+- shared: lineguard.kafka.ConsumerLoop: decode Avro -> handler -> re-encode -> produce -> wait for every
+  acknowledgement -> store offsets.
+The rounds alternate (bare, shared, bare, shared) so machine noise hits both. Budget: shared >= 0.70 x bare.
+
+    .venv/bin/python bench/bench_consumer_loop.py [--records 100000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka import Producer as RdProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from loop_helpers import raw_reading  # noqa: E402
+
+from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
+from lineguard.embedded import free_port, tansu_command  # noqa: E402
+from lineguard.kafka import ConsumerLoop, Output, Producer, Record  # noqa: E402
+from lineguard.settings import Settings  # noqa: E402
+
+BUDGET = 0.70
+
+
+def fill(settings: Settings, records: int) -> None:
+    producer = Producer(settings)
+    for i in range(records):
+        producer.produce("raw.telemetry.v1", f"dev{i % 50}", raw_reading(i, device=f"dev{i % 50}"))
+        if i % 5000 == 0:
+            producer.poll(0)
+    assert producer.close() == 0
+
+
+def bare_loop(settings: Settings, out_prefix: str, records: int) -> float:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bare-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                         "enable.auto.offset.store": True})
+    producer = RdProducer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                           "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random",
+                           "queue.buffering.max.messages": 200000})
+    consumer.subscribe([settings.topic("raw.telemetry.v1")])
+    out_topic = out_prefix + "raw.telemetry.v1"
+    seen = 0
+    started = None
+    while seen < records:
+        batch = consumer.consume(1000, 1.0)
+        if batch and started is None:
+            started = time.perf_counter()  # measure from the first record: group join is not throughput
+        for msg in batch:
+            if msg.error():
+                continue
+            while True:
+                try:
+                    producer.produce(out_topic, msg.value(), msg.key(), headers=msg.headers())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            seen += 1
+        producer.poll(0)
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def shared_loop(settings: Settings, out_prefix: str, records: int) -> float:
+    out_settings = Settings.from_env(environ={}, kafka_bootstrap=settings.kafka_bootstrap, topic_prefix=out_prefix,
+                                     service_name="bench")
+    first: list[float] = []
+
+    def handler(record: Record) -> list[Output]:
+        if not first:
+            first.append(time.perf_counter())
+        return [Output("raw.telemetry.v1", record.key, record.value, record.headers)]
+
+    loop = ConsumerLoop(settings, f"shared-{uuid.uuid4()}", ["raw.telemetry.v1"], handler,
+                        producer=Producer(out_settings), batch_size=1000)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    while loop.stats.consumed < records:
+        time.sleep(0.005)
+    done = time.perf_counter()
+    loop.stop()
+    thread.join()
+    return records / (done - first[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    port = free_port()
+    broker = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        wait_for_broker(bootstrap)
+        settings = Settings.from_env(environ={}, kafka_bootstrap=bootstrap, topic_prefix="in.",
+                                     service_name="bench")
+        admin = admin_client(bootstrap)
+        catalog = load_catalog()
+        bootstrap_topics(admin, catalog, "in.")
+        print(f"filling {args.records} Avro records ...", flush=True)
+        fill(settings, args.records)
+        bare, shared = [], []
+        for r in range(args.rounds):
+            for name, fn, rates in (("bare", bare_loop, bare), ("shared", shared_loop, shared)):
+                prefix = f"{name}{r}."
+                bootstrap_topics(admin, catalog, prefix)
+                rate = fn(settings, prefix, args.records)
+                rates.append(rate)
+                print(f"round {r + 1}  {name:<6} {rate:>10,.0f} records/s", flush=True)
+        b, s = statistics.median(bare), statistics.median(shared)
+        ratio = s / b
+        print(f"bare confluent-kafka loop : {b:>10,.0f} records/s (median of {args.rounds})")
+        print(f"shared ConsumerLoop       : {s:>10,.0f} records/s (decode + re-encode + acked produce)")
+        print(f"ratio shared/bare         : {ratio:.2f}  (budget >= {BUDGET:.2f}: {'OK' if ratio >= BUDGET else 'MISSED'})")
+        return 0
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
