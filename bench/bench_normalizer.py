@@ -1,0 +1,175 @@
+"""Benchmark: the normalizer (raw -> unified topics + Parquet lake) against a bare confluent-kafka
+consume-produce loop on the same records, in the same run, on the same broker (Tansu, started here).
+
+    .venv/bin/python bench/bench_normalizer.py [--records 60000]
+
+Prints both rates, their ratio (budget: at least 0.5) and the lake writer's own rate (budget: 100,000 rows/s).
+Rates are measured from the first record consumed to the last (the consumer group join is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka import Producer as RdProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "normalizer"))
+
+from normalizer_records import make_raw_set  # noqa: E402
+
+from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
+from lineguard.embedded import free_port, tansu_command  # noqa: E402
+from lineguard.kafka import ConsumerLoop, Record, producer_config  # noqa: E402
+from lineguard.logs import setup_logging  # noqa: E402
+from lineguard.plant import default_plant_path, load_plant  # noqa: E402
+from lineguard.settings import Settings  # noqa: E402
+from services.normalizer.lake import LakeWriter, LocalStore  # noqa: E402
+from services.normalizer.mapping import Normalizer  # noqa: E402
+from services.normalizer.service import INPUT_TOPICS, Pipeline  # noqa: E402
+
+BATCH = 1000
+
+
+def start_broker() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    bootstrap = f"127.0.0.1:{port}"
+    wait_for_broker(bootstrap, timeout=30)
+    return proc, bootstrap
+
+
+def load_input(settings: Settings, records: int) -> int:
+    """Produce the raw records once; both loops read the same ones. Returns how many.
+
+    Like ingest, the producer puts a W3C traceparent on every record, so the loop forwards that context instead of
+    opening a new trace per output."""
+    from lineguard.kafka import Producer
+
+    plant = load_plant(default_plant_path())
+    raw = make_raw_set(plant, readings=records, alarms=records // 100, inspections=records // 50, bad=0, step_ms=20)
+    producer = Producer(settings)
+    total = 0
+    for topic, key, value in raw.messages():
+        producer.produce(topic, key, value)
+        total += 1
+        if total % 10_000 == 0:
+            producer.poll(0)
+    assert producer.close(60) == 0, "the broker did not take the input"
+    return total
+
+
+def bare_loop(settings: Settings, expected: int) -> float:
+    """consume -> produce the same bytes -> wait for delivery -> store offsets; returns records/s."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bare-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": True, "enable.auto.offset.store": False,
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    producer = RdProducer(producer_config(settings))
+    consumer.subscribe([settings.topic(t) for t in INPUT_TOPICS])
+    out_topic = settings.topic("line.observations.v1")
+    seen = 0
+    started = None
+    try:
+        while seen < expected:
+            messages = consumer.consume(BATCH, 0.2)
+            if not messages:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            for msg in messages:
+                if msg.error() is None:
+                    producer.produce(out_topic, msg.value(), msg.key())
+                    seen += 1
+            producer.flush(30)
+            consumer.store_offsets(messages[-1])
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        consumer.close()
+    return expected / elapsed
+
+
+def normalizer_loop(settings: Settings, expected: int, lake_dir: Path) -> tuple[float, LakeWriter]:
+    """The real thing: ConsumerLoop + Pipeline + LakeWriter (local directory, fsync on); returns records/s."""
+    normalizer = Normalizer(load_plant(default_plant_path()))
+    pipeline = Pipeline(normalizer, settings.service_name)
+    lake = LakeWriter(LocalStore(lake_dir), pipeline.lake_row, topic_prefix=settings.topic_prefix,
+                      max_rows=100_000, rotate_interval_ms=600_000, service=settings.service_name)
+    first: list[float] = []
+
+    def handle(record: Record):
+        if not first:
+            first.append(time.perf_counter())
+        return pipeline.handle(record)
+
+    loop = ConsumerLoop(settings, f"normalizer-{uuid.uuid4().hex[:6]}", INPUT_TOPICS, handle, sink=lake,
+                        batch_size=BATCH)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    while loop.stats.consumed < expected:
+        time.sleep(0.005)
+    ended = time.perf_counter()
+    loop.stop()
+    thread.join(60)
+    return expected / (ended - first[0]), lake
+
+
+def lake_writer_rate(rows: int, lake_dir: Path) -> float:
+    """Rows/s of the lake writer alone: buffer, encode Parquet, write (fsync) and rename."""
+    plant = load_plant(default_plant_path())
+    normalizer = Normalizer(plant)
+    raw = make_raw_set(plant, readings=rows, alarms=0, inspections=0, bad=0, step_ms=5)
+    outputs = [normalizer.observation(r) for r in raw.telemetry]
+    records = [Record("raw.telemetry.v1", i % 6, i // 6, None, None, [], 0, None) for i in range(rows)]
+    by_key = {(r.partition, r.offset): o for r, o in zip(records, outputs, strict=True)}
+    lake = LakeWriter(LocalStore(lake_dir), lambda r: ("observations", dict(by_key[(r.partition, r.offset)])),
+                      max_rows=50_000, rotate_interval_ms=3_600_000, service="bench")
+    started = time.perf_counter()
+    for i in range(0, rows, BATCH):
+        lake.write(records[i:i + BATCH])
+    lake.flush()
+    elapsed = time.perf_counter() - started
+    assert lake.rows_written == rows
+    return rows / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=60_000, help="raw readings to feed (plus alarms, inspections)")
+    parser.add_argument("--lake-rows", type=int, default=200_000, help="rows for the lake writer figure")
+    args = parser.parse_args()
+    setup_logging("bench", "WARNING")
+    broker, bootstrap = start_broker()
+    try:
+        settings = Settings.from_env(environ={}, kafka_bootstrap=bootstrap, topic_prefix="bench.",
+                                     service_name="normalizer", kafka_session_timeout_ms=6000)
+        bootstrap_topics(admin_client(bootstrap), load_catalog(), settings.topic_prefix)
+        total = load_input(settings, args.records)
+        print(f"input: {total} raw records on {len(INPUT_TOPICS)} topics (broker {bootstrap})")
+        bare = bare_loop(settings, total)
+        print(f"bare confluent-kafka consume-produce loop: {bare:10,.0f} records/s")
+        with tempfile.TemporaryDirectory() as tmp:
+            rate, lake = normalizer_loop(settings, total, Path(tmp) / "lake")
+            print(f"normalizer (decode, map, encode, produce, lake): {rate:10,.0f} records/s "
+                  f"({lake.objects_written} lake objects, {lake.bytes_written:,} bytes)")
+            ratio = rate / bare
+            print(f"ratio normalizer / bare: {ratio:.2f} (budget >= 0.5: {'ok' if ratio >= 0.5 else 'MISSED'})")
+            writer = lake_writer_rate(args.lake_rows, Path(tmp) / "lake-only")
+            print(f"lake writer: {writer:10,.0f} rows/s (budget >= 100,000: {'ok' if writer >= 100_000 else 'MISSED'})")
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
