@@ -101,6 +101,7 @@ class MqttAdapter:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.ever_subscribed = False
         self.stats = collections.Counter()
         m = pipeline.metrics
         self._m_received = m.received.labels(self.name)
@@ -153,6 +154,7 @@ class MqttAdapter:
             event(log, "mqtt_subscribe_refused", level=40, topics=self.topics, reasons=failures)
             return
         self.subscribed.set()
+        self.ever_subscribed = True
         event(log, "mqtt_subscribed", topics=self.topics)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -73,3 +74,55 @@ def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]], qos: int
     infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
     for info in infos:
         info.wait_for_publish(timeout)
+
+
+class RunningService:
+    """An IngestService on its own thread and event loop (as in its process), on a free port."""
+
+    def __init__(self, service) -> None:  # noqa: ANN001
+        import asyncio
+
+        self.service = service
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                asyncio.run(service.run())
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="ingest-service", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while service.port is None:
+            if self.error or time.monotonic() > deadline:
+                raise RuntimeError(f"ingest did not start: {self.error!r}")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{service.port}"
+
+    def stop(self) -> None:
+        self.service.request_stop()
+        self.thread.join(30)
+        if self.error:
+            raise self.error
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 20) -> tuple[int, dict]:
+    """A request; returns (status, JSON body)."""
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    data = _json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, _json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, _json.loads(raw)
+        except ValueError:
+            return exc.code, {"raw": raw.decode("utf-8", "replace")}

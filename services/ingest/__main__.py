@@ -1,0 +1,35 @@
+"""`python -m services.ingest`: the ingest service, configured from LINEGUARD_* environment variables."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from lineguard.logs import event, get_logger, setup_logging
+from lineguard.settings import SettingsError
+from lineguard.telemetry import setup_tracing
+from services.ingest.service import IngestService
+from services.ingest.settings import IngestSettings
+
+
+def main() -> int:
+    try:
+        settings = IngestSettings.from_env()
+    except SettingsError as exc:
+        print(f"ingest: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.service_name, settings.log_level)
+    setup_tracing(settings.service_name)
+    sys.setswitchinterval(0.001)  # delivery callbacks wait less for the GIL behind the MQTT thread
+    log = get_logger("services.ingest")
+    try:
+        service = IngestService(settings)
+    except (OSError, ValueError) as exc:  # e.g. an unreadable rules or sources file
+        event(log, "ingest_failed_to_start", level=50, error=str(exc))
+        return 2
+    asyncio.run(service.run(install_signals=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The HTTP routes of ingest (aiohttp), added to the health/metrics application of `lineguard.health`:
+
+    POST /ingest/v1/batch          HTTP push (Authorization: Bearer <token>, LINEGUARD_PUSH_TOKENS)
+    GET  /ingest/v1/schema         the published JSON schema of a push batch
+    POST /lorawan/chirpstack       ChirpStack v4 HTTP integration (?event=up; X-Lineguard-Secret header)
+    POST /lorawan/tts[/<type>]     The Things Stack v3 webhook (X-Lineguard-Secret header)
+
+Every 2xx is answered only after Kafka acknowledged every record (and every dead letter); when Kafka cannot
+take the data in time the answer is 503 with Retry-After, so the caller (or the network server) retries, and the
+ids make that retry safe. Bad input gets 4xx with the field that is wrong. Secrets are compared in constant time
+and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from aiohttp import web
+
+from lineguard.logs import event, get_logger
+from services.ingest import http_push, lorawan_webhooks
+from services.ingest.lorawan_webhooks import UndecodablePayload
+from services.ingest.parsing import InputError
+from services.ingest.pipeline import DeadLetter, DeliveryFailed, Emit, IngestPipeline, now_ms
+from services.ingest.settings import IngestSettings
+
+log = get_logger(__name__)
+
+SECRET_HEADER = "X-Lineguard-Secret"
+RETRY_AFTER_S = "5"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, field: str | None = None, **extra: object) -> web.Response:
+    body: dict[str, object] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _raiser(exc: Exception):  # noqa: ANN202
+    def parse() -> None:
+        raise exc
+    return parse
+
+
+def _secret_ok(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class HttpIngest:
+    def __init__(self, pipeline: IngestPipeline, settings: IngestSettings) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.metrics = pipeline.metrics
+        self.schema = http_push.load_schema()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(http_push.PATH, self.push)
+        app.router.add_get("/ingest/v1/schema", self.push_schema)
+        app.router.add_post(lorawan_webhooks.CHIRPSTACK_PATH, self.chirpstack)
+        app.router.add_post(lorawan_webhooks.TTS_PATH, self.tts)
+        app.router.add_post(lorawan_webhooks.TTS_PATH + "/{message_type}", self.tts)
+
+    # --- shared ---------------------------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _TooLarge
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _reject(self, adapter: str, status: int, message: str, field: str | None = None) -> web.Response:
+        self.metrics.rejected.labels(adapter, str(status)).inc()
+        return _error(status, message, field)
+
+    async def _deliver(self, adapter: str, started: float, records: list[Emit],
+                       dead_letters: list[DeadLetter] = (), **extra: object) -> web.Response:
+        """Produce and answer: 200 once Kafka acknowledged everything, 503 when it did not in time."""
+        if self.pipeline.kafka_suspect():
+            self.metrics.unavailable.labels(adapter).inc()
+            return _error(503, "Kafka is not acknowledging records at the moment; retry later")
+        try:
+            produced = await self.pipeline.deliver(adapter, records, dead_letters,
+                                                   timeout=self.settings.delivery_timeout_s)
+        except DeliveryFailed as exc:
+            self.metrics.unavailable.labels(adapter).inc()
+            event(log, "http_delivery_failed", level=30, adapter=adapter, records=len(records), error=str(exc))
+            return _error(503, f"Kafka could not take the data: {exc}; retry later")
+        self.metrics.ack_lag.labels(adapter).observe(time.monotonic() - started)
+        return web.json_response({"accepted": produced, "duplicates": len(records) - produced,
+                                  "dead_lettered": len(dead_letters), **extra})
+
+    # --- HTTP push ------------------------------------------------------------------------------------------------
+
+    async def push_schema(self, request: web.Request) -> web.Response:
+        return web.json_response(self.schema, content_type="application/schema+json")
+
+    async def push(self, request: web.Request) -> web.Response:
+        adapter = "http"
+        started = time.monotonic()
+        tokens = self.settings.push_tokens
+        if not tokens:
+            return self._reject(adapter, 404, "HTTP push is not enabled (set LINEGUARD_PUSH_TOKENS)")
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not any(_secret_ok(token.strip(), t) for t in tokens):
+            self.metrics.rejected.labels(adapter, "401").inc()
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="lineguard-ingest"'})
+        self.metrics.received.labels(adapter).inc()
+        try:
+            body = await self._body(request)
+            records = http_push.parse_batch(body, now_ms(), self.pipeline.instance)
+        except _TooLarge:
+            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+        except InputError as exc:
+            return self._reject(adapter, 400, exc.message, exc.field)
+        return await self._deliver(adapter, started, records)
+
+    # --- LoRaWAN --------------------------------------------------------------------------------------------------
+
+    def _check_secret(self, adapter: str, request: web.Request, expected: str | None) -> web.Response | None:
+        if not expected:
+            return self._reject(adapter, 404, f"the {adapter} webhook is not enabled")
+        if not _secret_ok(request.headers.get(SECRET_HEADER), expected):
+            return self._reject(adapter, 401, f"missing or wrong {SECRET_HEADER} header")
+        return None
+
+    async def _uplink(self, adapter: str, started: float, body: bytes, parse, address: str) -> web.Response:
+        received_at = now_ms()
+        try:
+            uplink = parse()
+        except InputError as exc:
+            # Not an uplink we can read: keep the bytes, tell the sender which field is wrong.
+            letter = DeadLetter(body, str(exc), type(exc).__name__, adapter, address)
+            try:
+                await self.pipeline.deliver(adapter, [], [letter], timeout=self.settings.delivery_timeout_s)
+            except DeliveryFailed:
+                self.metrics.unavailable.labels(adapter).inc()
+                return _error(503, "Kafka could not take the data; retry later")
+            return self._reject(adapter, 400, exc.message, exc.field)
+        try:
+            records = lorawan_webhooks.uplink_readings(uplink, self.settings.lorawan_codecs, address, received_at,
+                                                       self.pipeline.instance)
+        except UndecodablePayload as exc:
+            # Well formed but undecodable: a retry would not help. Dead-letter it and acknowledge.
+            letter = DeadLetter(body, str(exc), type(exc).__name__, adapter, address, str(uplink.f_cnt),
+                                uplink.dev_eui)
+            return await self._deliver(adapter, started, [], [letter], reason=str(exc))
+        return await self._deliver(adapter, started, records)
+
+    async def chirpstack(self, request: web.Request) -> web.Response:
+        adapter = "chirpstack"
+        started = time.monotonic()
+        denied = self._check_secret(adapter, request, self.settings.chirpstack_secret)
+        if denied is not None:
+            return denied
+        self.metrics.received.labels(adapter).inc()
+        try:
+            body = await self._body(request)
+        except _TooLarge:
+            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+        kind = lorawan_webhooks.chirpstack_event(request.query.get("event"))
+        if kind != "up":
+            # join, ack, txack, log, status, location, integration: acknowledged and counted, not ingested.
+            label = kind if kind in ("join", "ack", "txack", "log", "status", "location", "integration") else "other"
+            self.metrics.ignored.labels(adapter, label).inc()
+            return web.json_response({"ignored": kind or "(no event parameter)"})
+        return await self._uplink(adapter, started, body,
+                                  lambda: lorawan_webhooks.parse_chirpstack_up(body, now_ms()),
+                                  lorawan_webhooks.CHIRPSTACK_PATH)
+
+    async def tts(self, request: web.Request) -> web.Response:
+        adapter = "tts"
+        started = time.monotonic()
+        denied = self._check_secret(adapter, request, self.settings.tts_secret)
+        if denied is not None:
+            return denied
+        self.metrics.received.labels(adapter).inc()
+        try:
+            body = await self._body(request)
+        except _TooLarge:
+            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+        try:
+            kind, data = lorawan_webhooks.parse_tts(body)
+        except InputError as exc:
+            return await self._uplink(adapter, started, body, _raiser(exc), request.path)
+        if kind != "uplink_message":
+            self.metrics.ignored.labels(adapter, kind or "other").inc()
+            return web.json_response({"ignored": kind or "unknown message type"})
+        return await self._uplink(adapter, started, body,
+                                  lambda: lorawan_webhooks.parse_tts_uplink(data, now_ms()), request.path)
