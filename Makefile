@@ -1,6 +1,9 @@
 # The two commands: `make run` (the whole system on its embedded default) and `make test` (the whole suite).
 # Each installs what it needs on a fresh machine.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip warns about every local index folder this machine's pip config names but lacks; hide that noise only.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,8 +14,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(QUIET_PIP)
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 # Debian packages the tests need (a real MQTT broker). Skipped when already there.
