@@ -529,25 +529,44 @@ class ConsumerLoop:
 
     def _dead_letter(self, msg: Message, topic: str, stage: str, exc: BaseException,
                      on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
-        headers: Headers = list(msg.headers() or [])
-        headers += [
-            ("__connect.errors.topic", msg.topic().encode()),
-            ("__connect.errors.partition", str(msg.partition()).encode()),
-            ("__connect.errors.offset", str(msg.offset()).encode()),
-            ("__connect.errors.stage", stage.encode()),
-            ("__connect.errors.exception.class.name", type(exc).__name__.encode()),
-            ("__connect.errors.exception.message", str(exc)[:2000].encode("utf-8", "replace")),
-            ("__connect.errors.exception.stacktrace",
-             "".join(traceback.format_exception(exc, limit=5))[-4000:].encode("utf-8", "replace")),
-            ("__connect.errors.consumer.group", self.group_id.encode()),
-            ("lineguard.service", self.settings.service_name.encode()),
-        ]
+        headers = list(msg.headers() or []) + error_headers(
+            topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), stage=stage,
+            error_class=type(exc).__name__, message=str(exc), service=self.settings.service_name,
+            group=self.group_id, stacktrace="".join(traceback.format_exception(exc, limit=5)))
         self.producer.produce(topic + DLQ_SUFFIX, msg.key(), msg.value(), headers, on_delivery=on_delivery,
                               trace=False)
         self.stats.dead_lettered += 1
         self._m_dlq.labels(topic, stage).inc()
         event(log, "dead_lettered", level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
               stage=stage, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def error_headers(*, topic: str, stage: str, error_class: str, message: str, service: str,
+                  partition: int | None = None, offset: int | None = None, group: str | None = None,
+                  stacktrace: str | None = None, source: dict[str, str | None] | None = None) -> Headers:
+    """Kafka Connect style dead-letter headers, which existing tools already parse.
+
+    `topic`/`partition`/`offset` name where the record came from (for an input that never was in Kafka, such as
+    an MQTT message ingest could not parse: the topic it was meant for, partition and offset -1); `source` adds
+    `lineguard.source.<name>` headers (protocol, address, position) so the original can be traced.
+    """
+    headers: Headers = [
+        ("__connect.errors.topic", topic.encode()),
+        ("__connect.errors.partition", str(-1 if partition is None else partition).encode()),
+        ("__connect.errors.offset", str(-1 if offset is None else offset).encode()),
+        ("__connect.errors.stage", stage.encode()),
+        ("__connect.errors.exception.class.name", error_class.encode()),
+        ("__connect.errors.exception.message", message[:2000].encode("utf-8", "replace")),
+        ("lineguard.service", service.encode()),
+    ]
+    if stacktrace:
+        headers.append(("__connect.errors.exception.stacktrace", stacktrace[-4000:].encode("utf-8", "replace")))
+    if group:
+        headers.append(("__connect.errors.consumer.group", group.encode()))
+    for name, value in (source or {}).items():
+        if value is not None:
+            headers.append((f"lineguard.source.{name}", str(value).encode("utf-8", "replace")))
+    return headers
 
 
 def dlq_headers(headers: Headers | None) -> dict[str, str]:
