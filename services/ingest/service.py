@@ -21,6 +21,7 @@ from services.ingest.mqtt_adapter import MqttAdapter
 from services.ingest.mqtt_rules import load_rules
 from services.ingest.pipeline import IngestPipeline
 from services.ingest.settings import IngestSettings
+from services.ingest.sftp_poller import SftpPoller, load_sources
 
 log = get_logger(__name__)
 
@@ -39,7 +40,10 @@ class IngestService:
                                     settings.mqtt_client_id, load_rules(settings.mqtt_rules_file),
                                     keepalive=settings.mqtt_keepalive_s)
         self.sparkplug = None
-        self.sftp = None
+        self.sftp: SftpPoller | None = None
+        if settings.sftp_sources_file:
+            self.sftp = SftpPoller(self.pipeline, load_sources(settings.sftp_sources_file), settings.sftp_ledger,
+                                   settings.sftp_poll_interval_s)
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
