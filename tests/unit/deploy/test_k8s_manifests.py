@@ -1,0 +1,706 @@
+"""The Kubernetes manifests in deploy/k8s, checked without kubectl or kustomize.
+
+A small kustomize-like resolver below builds the base and every overlay (resources, components, configMapGenerator
+with create/merge/replace, strategic-merge patches with or without a target, images, replicas, namespace) and the
+tests check what a cluster would receive. The resolver refuses any kustomization field or patch form it does not
+implement, so a new construct fails here loudly instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lineguard.catalog import load_catalog
+from lineguard.plant import default_plant_path, load_plant
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+K8S = REPO_ROOT / "deploy" / "k8s"
+GENERATOR = K8S / "gen_strimzi_topics.py"
+SERVICES = ("ingest", "vision", "normalizer", "advisor", "actuator", "notifier")
+BUILDS = ("base", "overlays/production", "overlays/msk")
+NAMESPACE = "lineguard"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A minimal kustomize
+# --------------------------------------------------------------------------------------------------------------
+
+class KustomizeError(Exception):
+    pass
+
+
+SUPPORTED_FIELDS = {"apiVersion", "kind", "namespace", "resources", "components", "configMapGenerator", "patches",
+                    "images", "replicas"}
+
+
+def load_documents(path: Path) -> list[dict]:
+    """Every non-empty YAML document of a file."""
+    try:
+        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    except (OSError, yaml.YAMLError) as exc:
+        raise KustomizeError(f"{path}: {exc}") from exc
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise KustomizeError(f"{path}: a document is a {type(doc).__name__}, not a mapping")
+    return docs
+
+
+def read_kustomization(folder: Path) -> dict:
+    path = folder / "kustomization.yaml"
+    if not path.is_file():
+        raise KustomizeError(f"{folder}: no kustomization.yaml")
+    (doc,) = load_documents(path)
+    unknown = set(doc) - SUPPORTED_FIELDS
+    if unknown:
+        raise KustomizeError(f"{path}: fields this test's resolver does not implement: {sorted(unknown)}")
+    kind = doc.get("kind", "Kustomization")
+    expected_api = {"Kustomization": "kustomize.config.k8s.io/v1beta1",
+                    "Component": "kustomize.config.k8s.io/v1alpha1"}.get(kind)
+    if expected_api is None or doc.get("apiVersion", expected_api) != expected_api:
+        raise KustomizeError(f"{path}: kind {kind!r} with apiVersion {doc.get('apiVersion')!r}")
+    return doc
+
+
+def resource_id(resource: dict) -> str:
+    return f"{resource.get('kind')}/{resource.get('metadata', {}).get('name')}"
+
+
+def strategic_merge(target: object, patch: object) -> object:
+    """Strategic merge as kustomize does it for the fields we patch: maps merge, null deletes, lists of named maps
+    (containers, env, volumes, volumeMounts, ports) merge by name, other lists are replaced."""
+    if isinstance(target, dict) and isinstance(patch, dict):
+        merged = dict(target)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            elif key in merged:
+                merged[key] = strategic_merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+        return merged
+    named = (isinstance(target, list) and isinstance(patch, list)
+             and all(isinstance(i, dict) and "name" in i for i in target + patch))
+    if named:
+        merged_list = [copy.deepcopy(i) for i in target]
+        for item in patch:
+            for index, existing in enumerate(merged_list):
+                if existing["name"] == item["name"]:
+                    merged_list[index] = strategic_merge(existing, item)
+                    break
+            else:
+                merged_list.append(copy.deepcopy(item))
+        return merged_list
+    return copy.deepcopy(patch)
+
+
+def pod_containers(resource: dict) -> list[dict]:
+    pod = resource.get("spec", {}).get("template", {}).get("spec", {})
+    return pod.get("containers", []) + pod.get("initContainers", [])
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    name, _, digest = image.partition("@")
+    match = re.match(r"^(.*?)(?::([^:/]+))?$", name)
+    assert match
+    return match.group(1), match.group(2), digest or None
+
+
+def build(folder: Path) -> list[dict]:
+    """What `kustomize build <folder>` would emit (without the content hash suffix of generated ConfigMaps)."""
+    kustomization = read_kustomization(folder)
+    if kustomization.get("kind") == "Component":
+        raise KustomizeError(f"{folder}: a Component cannot be built on its own")
+    return apply_kustomization(folder, kustomization, [])
+
+
+def apply_kustomization(folder: Path, kustomization: dict, resources: list[dict]) -> list[dict]:
+    # The order kustomize uses: resources, then components, then this kustomization's generators and transformers.
+    for entry in kustomization.get("resources", []):
+        path = (folder / entry).resolve()
+        if path.is_dir():
+            resources.extend(build(path))
+        elif path.is_file():
+            resources.extend(load_documents(path))
+        else:
+            raise KustomizeError(f"{folder}: resource {entry!r} does not exist")
+    for entry in kustomization.get("components", []):
+        path = (folder / entry).resolve()
+        if not path.is_dir():
+            raise KustomizeError(f"{folder}: component {entry!r} does not exist")
+        component = read_kustomization(path)
+        if component.get("kind") != "Component":
+            raise KustomizeError(f"{path}: listed under components but is not kind: Component")
+        resources = apply_kustomization(path, component, resources)
+    for generator in kustomization.get("configMapGenerator", []):
+        generate_config_map(folder, generator, resources)
+    for patch in kustomization.get("patches", []):
+        apply_patch(folder, patch, resources)
+    for image in kustomization.get("images", []):
+        set_image(image, resources)
+    for replica in kustomization.get("replicas", []):
+        targets = [r for r in resources if r.get("kind") in ("Deployment", "StatefulSet")
+                   and r["metadata"]["name"] == replica["name"]]
+        if not targets:
+            raise KustomizeError(f"{folder}: replicas: no Deployment named {replica['name']!r}")
+        for target in targets:
+            target["spec"]["replicas"] = int(replica["count"])
+    if "namespace" in kustomization:
+        for resource in resources:
+            if resource.get("kind") not in CLUSTER_SCOPED:
+                resource.setdefault("metadata", {})["namespace"] = kustomization["namespace"]
+    return resources
+
+
+def generate_config_map(folder: Path, generator: dict, resources: list[dict]) -> None:
+    unknown = set(generator) - {"name", "behavior", "literals", "files"}
+    if unknown:
+        raise KustomizeError(f"{folder}: configMapGenerator fields not implemented here: {sorted(unknown)}")
+    data: dict[str, str] = {}
+    for literal in generator.get("literals", []):
+        key, sep, value = literal.partition("=")
+        if not sep or not key:
+            raise KustomizeError(f"{folder}: configMapGenerator literal {literal!r} is not KEY=VALUE")
+        data[key] = value
+    for entry in generator.get("files", []):
+        key, sep, file_name = entry.partition("=")
+        path = folder / (file_name if sep else key)
+        if not path.is_file():
+            raise KustomizeError(f"{folder}: configMapGenerator file {entry!r} does not exist")
+        data[key if sep else path.name] = path.read_text()
+    name = generator["name"]
+    existing = [r for r in resources if r.get("kind") == "ConfigMap" and r["metadata"]["name"] == name]
+    behavior = generator.get("behavior", "create")
+    if behavior == "create":
+        if existing:
+            raise KustomizeError(f"{folder}: ConfigMap {name!r} already exists; use behavior merge or replace")
+        resources.append({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": name, "annotations": {"test/generated": "true"}}, "data": data})
+    elif behavior in ("merge", "replace"):
+        if len(existing) != 1:
+            raise KustomizeError(f"{folder}: behavior {behavior} needs exactly one ConfigMap {name!r} to exist")
+        existing[0]["data"] = {**existing[0].get("data", {}), **data} if behavior == "merge" else data
+    else:
+        raise KustomizeError(f"{folder}: unknown configMapGenerator behavior {behavior!r}")
+
+
+def apply_patch(folder: Path, entry: dict, resources: list[dict]) -> None:
+    if "path" in entry:
+        path = folder / entry["path"]
+        if not path.is_file():
+            raise KustomizeError(f"{folder}: patch {entry['path']!r} does not exist")
+        text = path.read_text()
+    elif "patch" in entry:
+        text = entry["patch"]
+    else:
+        raise KustomizeError(f"{folder}: a patch needs path or patch")
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise KustomizeError(f"{folder}: only single-document strategic merge patches are implemented here")
+    patch = docs[0]
+    target = entry.get("target")
+    if target:
+        unknown = set(target) - {"kind", "name"}
+        if unknown:
+            raise KustomizeError(f"{folder}: patch target fields not implemented here: {sorted(unknown)}")
+        matches = [r for r in resources
+                   if ("kind" not in target or r.get("kind") == target["kind"])
+                   and ("name" not in target or re.fullmatch(target["name"], r["metadata"]["name"]))]
+        body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
+        body["metadata"] = {k: v for k, v in patch.get("metadata", {}).items() if k != "name"}
+    else:
+        matches = [r for r in resources if r.get("kind") == patch.get("kind")
+                   and r["metadata"]["name"] == patch.get("metadata", {}).get("name")]
+        body = patch
+    if not matches:
+        raise KustomizeError(f"{folder}: patch {entry.get('path', '<inline>')} matches no resource")
+    if not target and len(matches) > 1:
+        raise KustomizeError(f"{folder}: patch {entry.get('path', '<inline>')} matches several resources")
+    for match in matches:
+        merged = strategic_merge(match, body)
+        match.clear()
+        match.update(merged)
+
+
+def set_image(image: dict, resources: list[dict]) -> None:
+    for resource in resources:
+        for container in pod_containers(resource):
+            name, tag, digest = split_image(container["image"])
+            if name != image["name"]:
+                continue
+            name = image.get("newName", name)
+            if "digest" in image:
+                container["image"] = f"{name}@{image['digest']}"
+            else:
+                new_tag = image.get("newTag", tag)
+                container["image"] = name + (f":{new_tag}" if new_tag else "") + (f"@{digest}" if digest else "")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What every Deployment must have
+# --------------------------------------------------------------------------------------------------------------
+
+def env_value(container: dict, name: str) -> str | None:
+    for item in container.get("env", []):
+        if item["name"] == name:
+            return item.get("value")
+    return None
+
+
+def deployment_problems(deployment: dict) -> list[str]:
+    """Everything wrong with one Deployment, as readable lines (empty = fine)."""
+    name = deployment["metadata"]["name"]
+    problems: list[str] = []
+    pod = deployment["spec"]["template"]["spec"]
+    if pod.get("terminationGracePeriodSeconds", 30) < 30:
+        problems.append(f"{name}: terminationGracePeriodSeconds below 30 (batch + flush)")
+    pod_security = pod.get("securityContext", {})
+    if pod_security.get("runAsNonRoot") is not True:
+        problems.append(f"{name}: pod securityContext.runAsNonRoot is not true")
+    if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{name}: pod seccompProfile is not RuntimeDefault")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    containers = pod.get("containers", [])
+    if not containers:
+        problems.append(f"{name}: no containers")
+    for container in containers:
+        where = f"{name}/{container['name']}"
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        if "http" not in ports:
+            problems.append(f"{where}: no container port named http")
+        elif env_value(container, "LINEGUARD_HTTP_PORT") != str(ports["http"]):
+            problems.append(f"{where}: env LINEGUARD_HTTP_PORT={env_value(container, 'LINEGUARD_HTTP_PORT')!r} "
+                            f"does not match the http container port {ports['http']}")
+        for probe_name, path in (("startupProbe", None), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+            probe = container.get(probe_name)
+            if not probe or "httpGet" not in probe:
+                problems.append(f"{where}: no HTTP {probe_name}")
+                continue
+            if probe["httpGet"].get("port") not in ("http", ports.get("http")):
+                problems.append(f"{where}: {probe_name} is not on the http port")
+            if path and probe["httpGet"].get("path") != path:
+                problems.append(f"{where}: {probe_name} path is {probe['httpGet'].get('path')!r}, not {path}")
+        resources = container.get("resources", {})
+        for section in ("requests", "limits"):
+            for key in ("cpu", "memory"):
+                if key not in resources.get(section, {}):
+                    problems.append(f"{where}: resources.{section}.{key} missing")
+        security = container.get("securityContext", {})
+        if security.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: readOnlyRootFilesystem is not true")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if security.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{where}: capabilities do not drop ALL")
+        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
+            problems.append(f"{where}: not runAsNonRoot")
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        tmp = mounts.get("/tmp")
+        if not tmp or "emptyDir" not in volumes.get(tmp["name"], {}):
+            problems.append(f"{where}: no writable emptyDir at /tmp")
+        # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+        defined: set[str] = set()
+        for item in container.get("env", []):
+            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", item.get("value", "")):
+                if ref not in defined:
+                    problems.append(f"{where}: env {item['name']} uses $({ref}) before it is defined")
+            defined.add(item["name"])
+    return problems
+
+
+def by_kind(resources: list[dict], kind: str) -> dict[str, dict]:
+    return {r["metadata"]["name"]: r for r in resources if r.get("kind") == kind}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict]]:
+    return {name: build(K8S / name) for name in BUILDS}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files and references
+# --------------------------------------------------------------------------------------------------------------
+
+def all_yaml_files() -> list[Path]:
+    return sorted(K8S.rglob("*.yaml"))
+
+
+def test_every_yaml_file_parses() -> None:
+    files = all_yaml_files()
+    assert len(files) >= 15, files
+    for path in files:
+        docs = load_documents(path)  # raises on a syntax error
+        assert docs, f"{path}: no documents"
+        if path.name not in ("kustomization.yaml", "plant.yaml"):
+            for doc in docs:
+                assert doc.get("apiVersion") and doc.get("kind"), f"{path}: a document without apiVersion/kind"
+                assert doc.get("metadata", {}).get("name"), f"{path}: a {doc['kind']} without a name"
+
+
+def test_every_kustomization_reference_exists() -> None:
+    kustomizations = sorted(K8S.rglob("kustomization.yaml"))
+    assert {p.parent.relative_to(K8S).as_posix() for p in kustomizations} >= {
+        "base", "overlays/production", "overlays/msk", "components/strimzi-topics", "components/msk",
+        "components/schema-registry", "components/monitoring"}
+    for path in kustomizations:
+        folder = path.parent
+        doc = read_kustomization(folder)
+        for entry in doc.get("resources", []):
+            assert (folder / entry).exists(), f"{path}: resource {entry} does not exist"
+            if (folder / entry).is_dir():
+                assert read_kustomization(folder / entry).get("kind", "Kustomization") == "Kustomization"
+        for entry in doc.get("components", []):
+            assert (folder / entry).is_dir(), f"{path}: component {entry} does not exist"
+            assert read_kustomization(folder / entry)["kind"] == "Component", f"{path}: {entry} is no Component"
+        for entry in doc.get("patches", []):
+            if "path" in entry:
+                assert (folder / entry["path"]).is_file(), f"{path}: patch {entry['path']} does not exist"
+        for generator in doc.get("configMapGenerator", []):
+            for entry in generator.get("files", []):
+                assert (folder / entry.rpartition("=")[2]).is_file(), f"{path}: {entry} does not exist"
+        if folder.parent.name == "components":
+            assert doc["kind"] == "Component", f"{path}: components/ holds kind: Component only"
+
+
+def test_every_manifest_file_is_used_by_a_kustomization() -> None:
+    """A manifest no kustomization lists is never deployed: only the secrets example may be left out (on purpose)."""
+    listed: set[Path] = set()
+    for path in K8S.rglob("kustomization.yaml"):
+        doc = read_kustomization(path.parent)
+        listed.update((path.parent / e).resolve() for e in doc.get("resources", []))
+        listed.update((path.parent / e["path"]).resolve() for e in doc.get("patches", []) if "path" in e)
+        for generator in doc.get("configMapGenerator", []):
+            listed.update((path.parent / e.rpartition("=")[2]).resolve() for e in generator.get("files", []))
+    unused = {p.relative_to(K8S).as_posix() for p in all_yaml_files()
+              if p.name != "kustomization.yaml" and p.resolve() not in listed}
+    assert unused == {"base/secrets.example.yaml"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The built output
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build_name", BUILDS)
+def test_every_deployment_is_production_ready(built: dict[str, list[dict]], build_name: str) -> None:
+    deployments = by_kind(built[build_name], "Deployment")
+    assert set(deployments) == set(SERVICES)
+    problems = [p for d in deployments.values() for p in deployment_problems(d)]
+    assert problems == []
+
+
+@pytest.mark.parametrize("build_name", BUILDS)
+def test_services_accounts_and_references_resolve(built: dict[str, list[dict]], build_name: str) -> None:
+    resources = built[build_name]
+    services = by_kind(resources, "Service")
+    accounts = by_kind(resources, "ServiceAccount")
+    config_maps = by_kind(resources, "ConfigMap")
+    for name, deployment in by_kind(resources, "Deployment").items():
+        template = deployment["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        assert selects(deployment["spec"]["selector"]["matchLabels"], labels), name
+        assert template["spec"]["serviceAccountName"] in accounts, name
+        service = services[name]
+        assert selects(service["spec"]["selector"], labels), f"Service {name} does not select its pods"
+        assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
+        (container,) = template["spec"]["containers"]
+        assert container["image"].startswith(f"ghcr.io/lineguard/{name}:")
+        assert container["command"] == ["python", "-m", f"services.{name}"]
+        assert env_value(container, "LINEGUARD_SERVICE_NAME") == name
+        instance = next(e for e in container["env"] if e["name"] == "LINEGUARD_INSTANCE_ID")
+        assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        # ConfigMaps must exist in the build; Secrets are created with kubectl, so their references are optional.
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                assert source["configMapRef"]["name"] in config_maps, name
+            else:
+                assert source["secretRef"].get("optional") is True, f"{name}: {source} is not optional"
+        for volume in template["spec"]["volumes"]:
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, f"{name}: volume {volume['name']}"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        plant = mounts["/etc/lineguard/plant.yaml"]
+        plant_volume = next(v for v in template["spec"]["volumes"] if v["name"] == plant["name"])
+        assert plant_volume["configMap"]["name"] == "lineguard-plant"
+        assert plant["subPath"] in config_maps["lineguard-plant"]["data"]
+    for resource in resources:
+        if resource["kind"] not in CLUSTER_SCOPED:
+            assert resource["metadata"].get("namespace") == NAMESPACE, resource_id(resource)
+
+
+@pytest.mark.parametrize("build_name", BUILDS)
+def test_shared_settings(built: dict[str, list[dict]], build_name: str) -> None:
+    settings = by_kind(built[build_name], "ConfigMap")["lineguard-settings"]["data"]
+    assert settings["LINEGUARD_PLANT_FILE"] == "/etc/lineguard/plant.yaml"
+    assert settings["LINEGUARD_LOG_LEVEL"] in ("DEBUG", "INFO", "WARNING", "ERROR")
+    assert settings["LINEGUARD_KAFKA_BOOTSTRAP"]
+    assert not any(k in settings for k in ("LINEGUARD_KAFKA_SECURITY", "LINEGUARD_SCHEMA_REGISTRY_AUTH")), \
+        "secrets belong in the Secret, not the ConfigMap"
+    # Every setting the ConfigMap sets is one the runtime knows (a typo would be silently ignored otherwise).
+    from lineguard.settings import Settings
+
+    known = {row[0] for row in Settings.describe()} | {"OTEL_EXPORTER_OTLP_ENDPOINT", "AWS_REGION"}
+    assert set(settings) <= known, set(settings) - known
+
+
+def test_the_advisor_has_a_disruption_budget_and_a_long_startup(built: dict[str, list[dict]]) -> None:
+    resources = built["overlays/production"]
+    (budget,) = by_kind(resources, "PodDisruptionBudget").values()
+    advisor = by_kind(resources, "Deployment")["advisor"]
+    assert selects(budget["spec"]["selector"]["matchLabels"], advisor["spec"]["template"]["metadata"]["labels"])
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert advisor["spec"]["replicas"] >= 2, "a PDB with maxUnavailable 1 on one replica protects nothing"
+    (container,) = advisor["spec"]["template"]["spec"]["containers"]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "table recovery needs minutes"
+
+
+def test_ingest_keeps_one_mqtt_session(built: dict[str, list[dict]]) -> None:
+    for build_name in BUILDS:
+        ingest = by_kind(built[build_name], "Deployment")["ingest"]
+        (container,) = ingest["spec"]["template"]["spec"]["containers"]
+        # One fixed client id is only safe with one replica that hands the session over (Recreate).
+        assert ingest["spec"].get("replicas", 1) == 1, build_name
+        assert ingest["spec"]["strategy"]["type"] == "Recreate", build_name
+        assert env_value(container, "LINEGUARD_MQTT_CLIENT_ID")
+
+
+def test_production_overlay(built: dict[str, list[dict]]) -> None:
+    resources = built["overlays/production"]
+    deployments = by_kind(resources, "Deployment")
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        _, tag, digest = split_image(container["image"])
+        assert digest or (tag and tag != "latest"), f"{name}: production images are pinned"
+    settings = by_kind(resources, "ConfigMap")["lineguard-settings"]["data"]
+    assert settings["LINEGUARD_SCHEMA_REGISTRY_URL"].startswith(("http://", "https://"))
+    (normalizer,) = deployments["normalizer"]["spec"]["template"]["spec"]["containers"]
+    assert (env_value(normalizer, "LINEGUARD_LAKE_URL") or "").startswith("s3://")
+    # The patch merged into the env list; it did not replace it.
+    assert env_value(normalizer, "LINEGUARD_HTTP_PORT") == "8080"
+    assert deployments["normalizer"]["spec"]["replicas"] <= load_catalog()["raw.telemetry.v1"].partitions
+
+
+def test_production_topics_equal_the_catalog(built: dict[str, list[dict]]) -> None:
+    topics = list(by_kind(built["overlays/production"], "KafkaTopic").values())
+    catalog = load_catalog()
+    assert sorted(t["spec"]["topicName"] for t in topics) == sorted(catalog.names())
+    for topic in topics:
+        spec = catalog[topic["spec"]["topicName"]]
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", topic["metadata"]["name"])
+        assert topic["spec"]["partitions"] == spec.partitions
+        assert topic["spec"]["replicas"] == 3
+        config = topic["spec"]["config"]
+        assert config["min.insync.replicas"] == 2
+        assert config["cleanup.policy"] == spec.cleanup_policy
+        assert config["retention.ms"] == spec.retention_ms
+    assert by_kind(built["overlays/msk"], "KafkaTopic") == {}, "MSK has no Strimzi topic operator"
+
+
+@pytest.mark.parametrize("build_name", ["overlays/production", "overlays/msk"])
+def test_one_service_monitor_per_service(built: dict[str, list[dict]], build_name: str) -> None:
+    resources = built[build_name]
+    monitors = by_kind(resources, "ServiceMonitor")
+    services = by_kind(resources, "Service")
+    assert set(monitors) == set(SERVICES)
+    for name, monitor in monitors.items():
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        matched = [s for s in services.values()
+                   if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        assert [s["metadata"]["name"] for s in matched] == [name]
+        port_names = {p["name"] for p in matched[0]["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+
+
+def test_msk_overlay(built: dict[str, list[dict]]) -> None:
+    resources = built["overlays/msk"]
+    settings = by_kind(resources, "ConfigMap")["lineguard-settings"]["data"]
+    brokers = settings["LINEGUARD_KAFKA_BOOTSTRAP"].split(",")
+    assert brokers and all(b.rsplit(":", 1)[1] == "9098" for b in brokers), "MSK IAM listens on 9098"
+    assert "LINEGUARD_SCHEMA_REGISTRY_URL" not in settings
+    accounts = by_kind(resources, "ServiceAccount")
+    assert set(accounts) == set(SERVICES)
+    for name, account in accounts.items():
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::"), name
+        assert account["metadata"]["labels"]["app.kubernetes.io/name"] == name, "the patch kept the labels"
+    # The base is untouched by the overlays: it still points at the in-cluster Strimzi bootstrap.
+    base_settings = by_kind(built["base"], "ConfigMap")["lineguard-settings"]["data"]
+    assert base_settings["LINEGUARD_KAFKA_BOOTSTRAP"].endswith(":9092")
+
+
+def test_plant_config_map_is_the_example_plant() -> None:
+    copy_path = K8S / "base" / "plant.yaml"
+    assert copy_path.read_text() == default_plant_path().read_text(), \
+        "deploy/k8s/base/plant.yaml differs from examples/cookie-line/plant.yaml: cp the example over it"
+    assert load_plant(copy_path).lines
+
+
+def test_secrets_example_holds_placeholders_only(built: dict[str, list[dict]]) -> None:
+    secrets = load_documents(K8S / "base" / "secrets.example.yaml")
+    names = {s["metadata"]["name"] for s in secrets}
+    referenced = {source["secretRef"]["name"]
+                  for deployment in by_kind(built["base"], "Deployment").values()
+                  for source in deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+                  if "secretRef" in source}
+    assert "lineguard-secrets" in names and names <= referenced
+    for secret in secrets:
+        assert secret["kind"] == "Secret" and "data" not in secret
+        for key, value in secret["stringData"].items():
+            assert "CHANGE-ME" in value, f"{secret['metadata']['name']}.{key} looks like a real value"
+    for resources in built.values():
+        assert by_kind(resources, "Secret") == {}, "no Secret is ever applied by kustomize"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The checks and the resolver catch what they should
+# --------------------------------------------------------------------------------------------------------------
+
+def test_deployment_checks_catch_broken_manifests(built: dict[str, list[dict]]) -> None:
+    good = by_kind(built["base"], "Deployment")["normalizer"]
+    assert deployment_problems(good) == []
+    breakages = {
+        "no HTTP readinessProbe": lambda c, p: c.pop("readinessProbe"),
+        "LINEGUARD_HTTP_PORT": lambda c, p: next(e for e in c["env"] if e["name"] == "LINEGUARD_HTTP_PORT")
+        .update(value="8083"),
+        "limits.memory missing": lambda c, p: c["resources"]["limits"].pop("memory"),
+        "readOnlyRootFilesystem": lambda c, p: c["securityContext"].update(readOnlyRootFilesystem=False),
+        "terminationGracePeriodSeconds": lambda c, p: p.update(terminationGracePeriodSeconds=5),
+        "/tmp": lambda c, p: c["volumeMounts"].pop(0),
+        "livenessProbe path": lambda c, p: c["livenessProbe"]["httpGet"].update(path="/readyz"),
+    }
+    for expected, break_it in breakages.items():
+        broken = copy.deepcopy(good)
+        pod = broken["spec"]["template"]["spec"]
+        break_it(pod["containers"][0], pod)
+        problems = deployment_problems(broken)
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  template:
+    spec:
+      containers:
+        - name: app
+          image: example/app:1
+          env: [{name: A, value: "1"}, {name: B, value: "2"}]
+"""
+
+
+def test_resolver_applies_patches_generators_and_images(tmp_path: Path) -> None:
+    write_tree(tmp_path, {
+        "base/kustomization.yaml": "resources: [app.yaml]\nconfigMapGenerator:\n"
+                                   "  - {name: settings, literals: [X=1, Y=2]}\n",
+        "base/app.yaml": DEPLOYMENT,
+        "comp/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n"
+                                   "configMapGenerator:\n  - {name: settings, behavior: merge, literals: [Y=3]}\n",
+        "over/kustomization.yaml": "resources: [../base]\ncomponents: [../comp]\nnamespace: ns\n"
+                                   "patches: [{path: p.yaml}]\nimages: [{name: example/app, newTag: '2'}]\n"
+                                   "replicas: [{name: app, count: 4}]\n",
+        "over/p.yaml": "kind: Deployment\nmetadata: {name: app}\nspec:\n  template:\n    spec:\n"
+                       "      containers: [{name: app, env: [{name: B, value: patched}, {name: C, value: new}]}]\n",
+    })
+    resources = build(tmp_path / "over")
+    deployment = by_kind(resources, "Deployment")["app"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "patched"},
+                                {"name": "C", "value": "new"}]
+    assert container["image"] == "example/app:2"
+    assert deployment["spec"]["replicas"] == 4
+    assert deployment["metadata"]["namespace"] == "ns"
+    assert by_kind(resources, "ConfigMap")["settings"]["data"] == {"X": "1", "Y": "3"}
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"k/kustomization.yaml": "resources: [missing.yaml]\n"}, "does not exist"),
+    ({"k/kustomization.yaml": "resources: [app.yaml]\npatches:\n  - patch: |\n      kind: Deployment\n"
+                              "      metadata: {name: other}\n", "k/app.yaml": DEPLOYMENT}, "matches no resource"),
+    ({"k/kustomization.yaml": "resources: [app.yaml]\ncommonLabels: {a: b}\n", "k/app.yaml": DEPLOYMENT},
+     "does not implement"),
+    ({"k/kustomization.yaml": "components: [../c]\n", "c/kustomization.yaml": "resources: []\n"},
+     "is not kind: Component"),
+    ({"k/kustomization.yaml": "configMapGenerator: [{name: s, behavior: merge, literals: [A=1]}]\n"},
+     "needs exactly one"),
+])
+def test_resolver_rejects_what_kustomize_would(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    write_tree(tmp_path, files)
+    with pytest.raises(KustomizeError, match=message):
+        build(tmp_path / "k")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The Strimzi topics generator
+# --------------------------------------------------------------------------------------------------------------
+
+def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
+    """The generator as a user runs it: a separate process, from the repository root."""
+    return subprocess.run([sys.executable, str(GENERATOR), *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def generator_main():
+    """The generator's main() in this process (much faster than a process per call)."""
+    spec = importlib.util.spec_from_file_location("gen_strimzi_topics_under_test", GENERATOR)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_committed_strimzi_topics_are_up_to_date() -> None:
+    result = run_generator("--check")
+    assert result.returncode == 0, result.stderr + "\nrun: .venv/bin/python deploy/k8s/gen_strimzi_topics.py"
+
+
+def test_generator_check_fails_on_a_stale_file(tmp_path: Path, generator_main, capsys) -> None:
+    output = tmp_path / "topics.yaml"
+    assert generator_main(["--output", str(output)]) == 0
+    assert generator_main(["--check", "--output", str(output)]) == 0
+    output.write_text(output.read_text().replace("partitions: 6", "partitions: 12"))
+    capsys.readouterr()
+    assert generator_main(["--check", "--output", str(output)]) == 1
+    stderr = capsys.readouterr().err
+    assert "stale" in stderr and "-  partitions: 12" in stderr and "+  partitions: 6" in stderr
+    assert generator_main(["--check", "--output", str(tmp_path / "missing.yaml")]) == 1
+    # The real command line agrees (exit status of the process).
+    assert run_generator("--check", "--output", str(output)).returncode == 1
+
+
+def test_generator_options_and_bad_input(tmp_path: Path, generator_main, capsys) -> None:
+    output = tmp_path / "topics.yaml"
+    assert generator_main(["--output", str(output), "--prefix", "plant1.", "--cluster", "kafka-a"]) == 0
+    topics = load_documents(output)
+    assert {t["spec"]["topicName"] for t in topics} == {"plant1." + n for n in load_catalog().names()}
+    assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics} == {"kafka-a"}
+    assert "plant1-raw-telemetry-v1-dlq" in {t["metadata"]["name"] for t in topics}
+    capsys.readouterr()
+    assert generator_main(["--output", str(output), "--replicas", "1", "--min-insync-replicas", "2"]) == 2
+    assert "min.insync.replicas" in capsys.readouterr().err
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "topics.yaml").write_text("topics: [{name: x, cleanup_policy: sometimes}]\n")
+    assert generator_main(["--output", str(output), "--schemas-dir", str(tmp_path / "schemas")]) == 2
+    assert "cleanup_policy" in capsys.readouterr().err
