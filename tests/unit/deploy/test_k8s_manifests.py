@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -563,6 +564,27 @@ def test_secrets_example_holds_placeholders_only(built: dict[str, list[dict]]) -
             assert "CHANGE-ME" in value, f"{secret['metadata']['name']}.{key} looks like a real value"
     for resources in built.values():
         assert by_kind(resources, "Secret") == {}, "no Secret is ever applied by kustomize"
+
+
+def test_readme_site_overlay_example_builds(tmp_path: Path) -> None:
+    """The README's own-site overlay, built on a copy of deploy/k8s: settings merge, plant replaced, digest set."""
+    readme = (K8S / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert example, "the README lost its overlay example"
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    site = tree / "overlays" / "plant1"
+    site.mkdir()
+    (site / "kustomization.yaml").write_text(example.group(1))
+    (site / "plant.yaml").write_text("# my plant\n")
+    resources = build(site)
+    settings = by_kind(resources, "ConfigMap")["lineguard-settings"]["data"]
+    assert settings["LINEGUARD_KAFKA_BOOTSTRAP"] == "my-cluster-kafka-bootstrap.kafka:9093"
+    assert settings["LINEGUARD_LOG_LEVEL"] == "INFO", "merge keeps what it does not name"
+    assert by_kind(resources, "ConfigMap")["lineguard-plant"]["data"] == {"plant.yaml": "# my plant\n"}
+    (advisor,) = by_kind(resources, "Deployment")["advisor"]["spec"]["template"]["spec"]["containers"]
+    assert advisor["image"] == "ghcr.io/lineguard/advisor@sha256:..."
+    assert [p for d in by_kind(resources, "Deployment").values() for p in deployment_problems(d)] == []
 
 
 # --------------------------------------------------------------------------------------------------------------
