@@ -113,7 +113,8 @@ def admin_client(bootstrap: str, extra: dict[str, str] | None = None) -> AdminCl
 
 
 def bootstrap_topics(admin: AdminClient, catalog: Catalog, prefix: str = "", timeout: float = 30.0,
-                     replication_factor: int | None = None) -> BootstrapReport:
+                     replication_factor: int | None = None,
+                     min_insync_replicas: int | None = None) -> BootstrapReport:
     """Create missing topics; report existing ones and any drift from the catalog."""
     report = BootstrapReport()
     metadata = admin.list_topics(timeout=timeout)
@@ -126,9 +127,12 @@ def bootstrap_topics(admin: AdminClient, catalog: Catalog, prefix: str = "", tim
             if have != spec.partitions:
                 report.drift.append(f"{full}: {have} partitions, catalog says {spec.partitions}")
             continue
+        config = spec.config()
+        if min_insync_replicas:
+            config["min.insync.replicas"] = str(min_insync_replicas)
         missing.append(NewTopic(full, num_partitions=spec.partitions,
                                 replication_factor=replication_factor or spec.replication_factor,
-                                config=spec.config()))
+                                config=config))
     if missing:
         futures = admin.create_topics(missing, request_timeout=timeout)
         for name, future in futures.items():

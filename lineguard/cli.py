@@ -52,7 +52,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.schemas_dir)
     admin = admin_client(settings.kafka_bootstrap, settings.kafka_security)
     if args.action == "create":
-        report = bootstrap_topics(admin, catalog, settings.topic_prefix, timeout=args.timeout)
+        report = bootstrap_topics(admin, catalog, settings.topic_prefix, timeout=args.timeout,
+                                  replication_factor=args.replication_factor,
+                                  min_insync_replicas=args.min_insync_replicas)
         for name in report.created:
             print(f"created  {name}")
         for name in report.existing:
@@ -202,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create or list the catalog's topics")
     p.add_argument("action", choices=["create", "list"])
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--replication-factor", type=int, default=None,
+                   help="replicas per partition for new topics (default: the catalog's, 1; use 3 in production)")
+    p.add_argument("--min-insync-replicas", type=int, default=None,
+                   help="min.insync.replicas for new topics (e.g. 2 with 3 replicas)")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("tail", help="print a topic's records as JSON lines")
