@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, Message
 from lineguard import telemetry
 from lineguard.avro import SerdeError
 from lineguard.catalog import DLQ_SUFFIX
-from lineguard.kafka import Producer
+from lineguard.kafka import Producer, error_headers
 from lineguard.logs import event, get_logger
 from lineguard.settings import Settings
 
@@ -337,18 +337,8 @@ def _settle(future: asyncio.Future, errors: list[str]) -> None:
 
 
 def dead_letter_headers(settings: Settings, letter: DeadLetter, intended_topic: str) -> list[tuple[str, bytes]]:
-    """Kafka Connect style error headers (as the consumer loop writes them), plus where the input came from."""
-    headers = [
-        ("__connect.errors.topic", intended_topic.encode()),
-        ("__connect.errors.partition", b"-1"),
-        ("__connect.errors.offset", b"-1"),
-        ("__connect.errors.stage", b"parse"),
-        ("__connect.errors.exception.class.name", letter.error_class.encode()),
-        ("__connect.errors.exception.message", letter.reason[:2000].encode("utf-8", "replace")),
-        ("lineguard.service", settings.service_name.encode()),
-        ("lineguard.source.protocol", letter.protocol.encode()),
-        ("lineguard.source.address", letter.address.encode("utf-8", "replace")),
-    ]
-    if letter.position is not None:
-        headers.append(("lineguard.source.position", letter.position.encode("utf-8", "replace")))
-    return headers
+    """Kafka Connect style error headers (the runtime's `error_headers`), plus where the input came from."""
+    return error_headers(topic=intended_topic, stage="parse", error_class=letter.error_class, message=letter.reason,
+                         service=settings.service_name,
+                         source={"protocol": letter.protocol, "address": letter.address,
+                                 "position": letter.position})

@@ -22,6 +22,7 @@ from services.ingest.mqtt_rules import load_rules
 from services.ingest.pipeline import IngestPipeline
 from services.ingest.settings import IngestSettings
 from services.ingest.sftp_poller import SftpPoller, load_sources
+from services.ingest.sparkplug_host import SparkplugHost
 
 log = get_logger(__name__)
 
@@ -39,7 +40,10 @@ class IngestService:
             self.mqtt = MqttAdapter(self.pipeline, settings.mqtt_url, settings.mqtt_topics,
                                     settings.mqtt_client_id, load_rules(settings.mqtt_rules_file),
                                     keepalive=settings.mqtt_keepalive_s)
-        self.sparkplug = None
+        self.sparkplug: SparkplugHost | None = None
+        if settings.mqtt_url and settings.sparkplug_enabled:
+            self.sparkplug = SparkplugHost(self.pipeline, settings.mqtt_url, settings.sparkplug_host_id,
+                                           settings.sparkplug_groups, keepalive=settings.mqtt_keepalive_s)
         self.sftp: SftpPoller | None = None
         if settings.sftp_sources_file:
             self.sftp = SftpPoller(self.pipeline, load_sources(settings.sftp_sources_file), settings.sftp_ledger,

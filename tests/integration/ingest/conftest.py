@@ -48,12 +48,8 @@ def pausable_kafka() -> Iterator[PausableBroker]:
     broker = PausableBroker(bootstrap, proc)
     yield broker
     broker.resume()
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    proc.kill()  # memory storage: nothing to shut down cleanly
+    proc.wait()
 
 
 @pytest.fixture
