@@ -70,12 +70,13 @@ class AssetGraphApi:
         out = copy.deepcopy(base)
         latest = self.normalizer.latest.get(entity_id)
         if latest:
-            for attribute, prop in list(latest.items()):  # a snapshot: the consumer thread keeps updating it
-                if attribute in _RESERVED or attribute in base:
+            for attribute, (value, unit_code, observed_at) in list(latest.items()):  # a snapshot: the consumer
+                if attribute in _RESERVED or attribute in base:                     # thread keeps updating it
                     continue
-                value = dict(prop)
-                value["observedAt"] = _iso(value["observedAt"])
-                out[attribute] = value
+                prop: dict[str, Any] = {"type": "Property", "value": value, "observedAt": _iso(observed_at)}
+                if unit_code:
+                    prop["unitCode"] = unit_code
+                out[attribute] = prop
         out["@context"] = NGSI_LD_CONTEXT
         return out
 

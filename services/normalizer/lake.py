@@ -27,7 +27,6 @@ the flushed ones and overwrite them.
 from __future__ import annotations
 
 import io
-import operator
 import os
 import time
 import uuid
@@ -56,36 +55,35 @@ LINEAGE = [("raw_topic", pa.string()), ("raw_partition", pa.int32()), ("raw_offs
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One lake table: its Parquet schema (partition columns excluded), and the record field that dates a row."""
+    """One lake table: its Parquet schema (partition columns excluded), the record field that dates a row, and
+    how a unified record becomes a row (in place: the record was already encoded for Kafka)."""
 
     name: str
     time_field: str
     schema: pa.Schema
-    columns: list[tuple[str, Callable[[dict], Any]]] = field(default_factory=list)
+    prepare: Callable[[dict], None] | None = None
 
 
-def _get(name: str) -> Callable[[dict], Any]:
-    return operator.itemgetter(name)
-
-
-def _number(row: dict) -> float | None:
-    value = row["value"]
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _text(row: dict) -> str | None:
+def _split_value(row: dict) -> None:
+    """Parquet columns have one type: numbers go to `value`, states (strings) to `value_text`."""
     value = row["value"]
     if isinstance(value, str):
-        return value
-    return str(value).lower() if isinstance(value, bool) else None
+        row["value_text"] = value
+        row["value"] = None
+    elif isinstance(value, bool):
+        row["value_text"] = "true" if value else "false"
+        row["value"] = None
+    else:
+        row["value_text"] = None
+
+
+def _inspection_raw_id(row: dict) -> None:
+    row["raw_id"] = row["id"]
 
 
 def _table(name: str, time_field: str, fields: list[tuple[str, pa.DataType]],
-           special: dict[str, Callable[[dict], Any]] | None = None) -> TableSpec:
-    special = special or {}
-    fields = fields + LINEAGE
-    columns = [(col, special.get(col) or _get(col)) for col, _ in fields]
-    return TableSpec(name, time_field, pa.schema(fields), columns)
+           prepare: Callable[[dict], None] | None = None) -> TableSpec:
+    return TableSpec(name, time_field, pa.schema(fields + LINEAGE), prepare)
 
 
 TABLES: dict[str, TableSpec] = {
@@ -94,7 +92,7 @@ TABLES: dict[str, TableSpec] = {
         ("attribute", pa.string()), ("value", pa.float64()), ("value_text", pa.string()),
         ("unit_code", pa.string()), ("observed_at", TS), ("quality", pa.list_(pa.string())),
         ("raw_id", pa.string()), ("source", SOURCE),
-    ], {"value": _number, "value_text": _text}),
+    ], _split_value),
     "alarms": _table("alarms", "updated_at", [
         ("alarm_id", pa.string()), ("entity_id", pa.string()), ("alarm_type", pa.string()),
         ("severity", pa.string()), ("state", pa.string()), ("raised_at", TS), ("cleared_at", TS),
@@ -106,7 +104,7 @@ TABLES: dict[str, TableSpec] = {
         ("inspected_at", TS), ("verdict", pa.string()), ("defects", pa.list_(DEFECT)), ("image_uri", pa.string()),
         ("model", MODEL), ("latency_ms", pa.float64()), ("line_entity_id", pa.string()),
         ("station_entity_id", pa.string()), ("upstream", pa.list_(pa.string())), ("raw_id", pa.string()),
-    ], {"raw_id": _get("id")}),
+    ], _inspection_raw_id),
 }
 
 
@@ -247,7 +245,8 @@ class LakeWriter:
                 self._next[tp] = offset + 1
                 continue
             table, row = found
-            at = row[TABLES[table].time_field]
+            spec = TABLES[table]
+            at = row[spec.time_field]
             segment = segments.get(tp)
             if segment is not None and (segment.count >= self.max_rows or at >= segment.first_time + interval
                                         or at <= segment.first_time - interval):
@@ -260,6 +259,8 @@ class LakeWriter:
             rows_of_file = segment.files.get(key)
             if rows_of_file is None:
                 rows_of_file = segment.files[key] = []
+            if spec.prepare is not None:
+                spec.prepare(row)
             row["raw_topic"] = record.topic
             row["raw_partition"] = record.partition
             row["raw_offset"] = offset
@@ -319,18 +320,8 @@ class LakeWriter:
 
 
 def encode_parquet(spec: TableSpec, rows: list[dict], compression: str | None = "snappy") -> bytes:
-    arrays = []
-    for (_name, get), schema_field in zip(spec.columns, spec.schema, strict=True):
-        arrays.append(_column(list(map(get, rows)), schema_field.type))
-    table = pa.Table.from_arrays(arrays, schema=spec.schema)
+    """Rows (prepared with `spec.prepare`) -> Parquet bytes; keys that are not columns are ignored."""
+    table = pa.Table.from_pylist(rows, schema=spec.schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=compression)
     return buf.getvalue()
-
-
-def _column(values: list, type_: pa.DataType) -> pa.Array:
-    """A column from Python values; flat structs (never null here) are built child by child, which is faster."""
-    if pa.types.is_struct(type_) and None not in values:
-        children = [_column(list(map(operator.itemgetter(child.name), values)), child.type) for child in type_]
-        return pa.StructArray.from_arrays(children, fields=list(type_))
-    return pa.array(values, type=type_)

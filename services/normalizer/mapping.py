@@ -71,6 +71,8 @@ class InvalidTimestampError(NormalizeError):
 def to_epoch_ms(value: Any, name: str) -> int:
     """An epoch timestamp in milliseconds UTC. Sources that sent seconds, microseconds or nanoseconds by mistake
     are recognised by magnitude (ms since 1970 stay between 1e11 and 1e14 until the year 5138)."""
+    if type(value) is int and 100_000_000_000 <= value < 100_000_000_000_000:
+        return value  # the common case: already milliseconds
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidTimestampError(f"{name}={value!r} is not an epoch timestamp")
     if value <= 0:
@@ -119,9 +121,8 @@ class Normalizer:
             self._device_metrics.setdefault(sensor.device, []).append(sensor.metric)
         self._unknown_seen: set[str] = set()
         self._upstream: dict[str, list[str]] = {}
-        # entity id -> attribute -> NGSI-LD property (the latest value seen), for the asset graph API.
-        self.latest: dict[str, dict[str, dict[str, Any]]] = {}
-        self._latest_at: dict[tuple[str, str], int] = {}
+        # entity id -> attribute -> (value, unit code, observedAt ms): the latest value seen, for the asset graph API.
+        self.latest: dict[str, dict[str, tuple[Any, str | None, int]]] = {}
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
@@ -237,14 +238,23 @@ class Normalizer:
         return out
 
     def _remember(self, entity: str, attribute: str, value: Any, unit_code: str | None, observed_at: int) -> None:
-        key = (entity, attribute)
-        if observed_at < self._latest_at.get(key, 0):
-            return  # an older reading arrived late: keep the newer value
-        self._latest_at[key] = observed_at
+        attributes = self.latest.get(entity)
+        if attributes is None:
+            attributes = self.latest[entity] = {}
+        previous = attributes.get(attribute)
+        if previous is None or observed_at >= previous[2]:  # a late, older reading does not replace a newer one
+            attributes[attribute] = (value, unit_code, observed_at)
+
+    def latest_property(self, entity: str, attribute: str) -> dict[str, Any] | None:
+        """The latest value of an attribute as an NGSI-LD Property (observedAt in epoch ms)."""
+        found = self.latest.get(entity, {}).get(attribute)
+        if found is None:
+            return None
+        value, unit_code, observed_at = found
         prop: dict[str, Any] = {"type": "Property", "value": value, "observedAt": observed_at}
         if unit_code:
             prop["unitCode"] = unit_code
-        self.latest.setdefault(entity, {})[attribute] = prop
+        return prop
 
     # --- alarms -------------------------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ def test_timestamps_in_seconds_or_microseconds_become_milliseconds(normalizer: N
 def test_the_latest_value_of_each_attribute_is_kept(normalizer: Normalizer) -> None:
     normalizer.observation(reading(value=181.0, observed_at=T0 + 1000, received_at=T0 + 1000))
     normalizer.observation(reading(value=170.0, observed_at=T0, received_at=T0 + 2000))  # late, older
-    prop = normalizer.latest["urn:ngsi-ld:Machine:line1-oven"]["zone1_temperature"]
+    prop = normalizer.latest_property("urn:ngsi-ld:Machine:line1-oven", "zone1_temperature")
     assert prop == {"type": "Property", "value": 181.0, "unitCode": "CEL", "observedAt": T0 + 1000}
 
 

@@ -55,3 +55,20 @@ def test_settings_come_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(env: dict, why: str) -> None:
     with pytest.raises(SettingsError, match=why):
         NormalizerSettings.from_env(environ=env)
+
+
+def test_counters_reach_prometheus_at_scrape_time() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    pipeline = Pipeline(Normalizer(load_plant(default_plant_path())), "normalizer-metrics-test")
+    for offset in range(3):
+        pipeline.handle(Record("raw.telemetry.v1", 0, offset, b"k", raw(), [], T0, None))
+    for offset in range(2):
+        with pytest.raises(UnknownDeviceError):
+            pipeline.handle(Record("raw.telemetry.v1", 0, 10 + offset, b"k", raw("ghost"), [], T0, None))
+    text = generate_latest(REGISTRY).decode()
+    assert 'lineguard_normalizer_metrics_test_records_in_total{kind="observations"} 5.0' in text
+    assert 'lineguard_normalizer_metrics_test_records_out_total{kind="observations"} 3.0' in text
+    assert ('lineguard_normalizer_metrics_test_records_rejected_total{kind="observations",'
+            'reason="UnknownDeviceError"} 2.0') in text
+    assert "lineguard_normalizer_metrics_test_unknown_devices_total 1.0" in text
