@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from lineguard.plant import default_plant_path, load_plant
 from simulator.ground_truth import GroundTruthLog, read_ground_truth
-from simulator.model import ControlError, CookieLine, defect_probabilities
+from simulator.model import AlarmTracker, ControlError, CookieLine, defect_probabilities
 from simulator.scenarios import load_scenario
 
 PLANT = load_plant(default_plant_path())
@@ -25,6 +27,11 @@ def defect_rate(sim: CookieLine, defect: str, start_s: float, end_s: float) -> f
         cookies.extend(c for c in events.exited if c.exited_s is not None and c.exited_s >= start_s)
     assert len(cookies) > 100, "too few cookies to measure a rate"
     return sum(defect in c.defects for c in cookies) / len(cookies)
+
+
+@functools.cache
+def normal_rate(defect: str) -> float:
+    return defect_rate(make_line("normal_run"), defect, 900, 1500)
 
 
 def test_normal_run_has_a_low_background_defect_rate():
@@ -46,7 +53,7 @@ def test_normal_run_has_a_low_background_defect_rate():
 )
 def test_fault_raises_its_defect_and_the_expected_action_brings_it_back(scenario, defect, machine, parameter,
                                                                         corrected):
-    normal = defect_rate(make_line("normal_run"), defect, 900, 1500)
+    normal = normal_rate(defect)
     sim = make_line(scenario)
     faulty = defect_rate(sim, defect, 900, 1500)
     assert normal < 0.05
@@ -170,3 +177,22 @@ def test_defect_probabilities_rise_with_their_causes():
     assert defect_probabilities(0.0, 36.0, 28.0, 19.0)["deformed"] > 0.6
     assert defect_probabilities(0.0, 48.0, 30.5, 19.0)["bubbled"] > 0.6
     assert defect_probabilities(0.0, 48.0, 28.0, 5.0)["cracked"] > 0.7
+
+
+def test_normal_run_raises_no_alarm_and_each_fault_raises_its_own():
+    def alarms(scenario):
+        sim = make_line(scenario)
+        tracker = AlarmTracker(sim.line)
+        raised = set()
+        for _ in range(900):
+            sim.step(2.0)
+            raised |= {(a.machine, a.alarm) for a in tracker.update(sim.readings()) if a.state == "raise"}
+        return raised
+
+    assert alarms("normal_run") == set()
+    assert ("oven", "zone2_temperature_high") in alarms("oven_zone_overheat")
+    assert ("oven", "zone2_temperature_high") in alarms("thermocouple_failure")
+    assert ("mixer", "torque_low") in alarms("mixer_torque_loss")
+    assert ("environment", "humidity_high") in alarms("humidity_rise")
+    assert {("cooling-conveyor", "stopped"), ("detector", "items_per_minute_low")} <= alarms("conveyor_stop")
+    assert ("cooling-conveyor", "air_temperature_low") in alarms("cooling_fault")
