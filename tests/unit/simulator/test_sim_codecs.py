@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lineguard import sparkplug as spb
 from lineguard.lorawan import PayloadError, decode_environment, encode_environment
@@ -220,3 +224,32 @@ def test_sparkplug_ncmd_rebirths_and_writes_setpoints_within_limits():
     rebirth = spb.decode_payload(payload)
     assert topic_name.endswith("/NBIRTH/line1-oven") and rebirth.seq == 0
     assert rebirth.metric("zone1_setpoint").value == 175.0
+
+
+@given(temperature=st.floats(-327.68, 327.67), humidity=st.floats(0.0, 100.0), battery=st.integers(0, 65535))
+def test_environment_codec_round_trips_to_its_resolution(temperature, humidity, battery):
+    decoded = decode_environment(encode_environment(temperature, humidity, battery))
+    assert abs(decoded["temperature"] - temperature) <= 0.005 + 1e-9
+    assert abs(decoded["humidity"] - humidity) <= 0.005 + 1e-9 and decoded["battery_mv"] == battery
+
+
+@given(st.binary(max_size=64))
+def test_environment_decoder_never_crashes_on_garbage(payload):
+    with contextlib.suppress(PayloadError):
+        decode_environment(payload)
+
+
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=20),
+       seq=st.integers(0, 255), ints=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=5))
+def test_sparkplug_values_survive_the_wire(values, seq, ints):
+    metrics = [spb.Metric(f"d{i}", v, spb.DataType.Double, alias=i) for i, v in enumerate(values)]
+    metrics += [spb.Metric(f"i{i}", v, spb.DataType.Int32) for i, v in enumerate(ints)]
+    decoded = spb.decode_payload(spb.encode_payload(metrics, 1, seq))
+    assert decoded.seq == seq
+    assert [m.value for m in decoded.metrics] == values + ints
+
+
+@given(st.binary(max_size=64))
+def test_sparkplug_decoder_raises_its_own_error_on_garbage(payload):
+    with contextlib.suppress(spb.SparkplugError):
+        spb.decode_payload(payload)
