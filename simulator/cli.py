@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ChirpStack v4 HTTP integration target; ?event=up is added [LINEGUARD_SIM_CHIRPSTACK_URL]")
     g.add_argument("--tts-url", default=_env("LINEGUARD_SIM_TTS_URL"),
                    help="The Things Stack v3 webhook uplink target [LINEGUARD_SIM_TTS_URL]")
+    g.add_argument("--chirpstack-secret", default=_env("LINEGUARD_SIM_CHIRPSTACK_SECRET",
+                                                       _env("LINEGUARD_CHIRPSTACK_SECRET")),
+                   help="sent as X-Lineguard-Secret to ChirpStack's target [LINEGUARD_SIM_CHIRPSTACK_SECRET, else "
+                        "LINEGUARD_CHIRPSTACK_SECRET]")
+    g.add_argument("--tts-secret", default=_env("LINEGUARD_SIM_TTS_SECRET", _env("LINEGUARD_TTS_SECRET")),
+                   help="sent as X-Lineguard-Secret to The Things Stack's target [LINEGUARD_SIM_TTS_SECRET, else "
+                        "LINEGUARD_TTS_SECRET]")
     g.add_argument("--lorawan-interval", type=float, default=float(_env("LINEGUARD_SIM_LORAWAN_INTERVAL_S", "60")),
                    help="uplink period, simulated seconds")
 
@@ -152,7 +159,10 @@ async def run_simulation(args: argparse.Namespace) -> int:
         emitters.append(SparkplugEmitter(mqtt_host, mqtt_port, username=args.mqtt_username,
                                          password=args.mqtt_password))
     if args.chirpstack_url or args.tts_url:
-        emitters.append(LoRaWANWebhookEmitter(args.chirpstack_url, args.tts_url, args.lorawan_interval))
+        emitters.append(LoRaWANWebhookEmitter(
+            args.chirpstack_url, args.tts_url, args.lorawan_interval,
+            chirpstack_headers={"X-Lineguard-Secret": args.chirpstack_secret} if args.chirpstack_secret else None,
+            tts_headers={"X-Lineguard-Secret": args.tts_secret} if args.tts_secret else None))
     if not args.no_sftp:
         password = os.environ.get("LINEGUARD_SIM_SFTP_PASSWORD") or DEV_SFTP_PASSWORD
         emitters.append(SftpEmitter(args.sftp_dir, args.sftp_host, None if args.sftp_port < 0 else args.sftp_port,

@@ -72,10 +72,14 @@ class LoRaWANWebhookEmitter:
 
     def __init__(self, chirpstack_url: str | None = None, tts_url: str | None = None, interval_s: float = 60.0,
                  headers: dict[str, str] | None = None, timeout_s: float = 10.0, machine_id: str = "environment",
-                 application: str = "cookie-line-env", device_name: str = "hall-env-1") -> None:
+                 application: str = "cookie-line-env", device_name: str = "hall-env-1",
+                 chirpstack_headers: dict[str, str] | None = None, tts_headers: dict[str, str] | None = None) -> None:
+        """`headers` go with every request; `chirpstack_headers` / `tts_headers` only to that target (both network
+        servers let an operator configure extra headers, e.g. a shared secret or an Authorization)."""
         self.chirpstack_url = with_event_up(chirpstack_url) if chirpstack_url else None
         self.tts_url = tts_url
         self.interval_s, self.headers, self.timeout_s = interval_s, headers or {}, timeout_s
+        self.chirpstack_headers, self.tts_headers = chirpstack_headers or {}, tts_headers or {}
         self.machine_id, self.application, self.device_name = machine_id, application, device_name
         self.dev_eui = ""
         self.f_cnt = 0
@@ -195,12 +199,14 @@ class LoRaWANWebhookEmitter:
         self._next_s += self.interval_s
         payload, decoded, radio = self._uplink(sim)
         if self.chirpstack_url:
-            await self._post("chirpstack", self.chirpstack_url, self.chirpstack_body(payload, decoded, radio), {})
+            await self._post("chirpstack", self.chirpstack_url, self.chirpstack_body(payload, decoded, radio),
+                             self.chirpstack_headers)
         if self.tts_url:
             base = "https://eu1.cloud.thethings.network/api/v3/as/applications"
             down = f"{base}/{self.application}/webhooks/lineguard/devices/{self.device_name}/down"
             headers = {"X-Downlink-Apikey": "NNSXS.SIMULATED-DOWNLINK-KEY", "X-Downlink-Push": f"{down}/push",
-                       "X-Downlink-Replace": f"{down}/replace", "User-Agent": "TheThingsStack/3 (simulated)"}
+                       "X-Downlink-Replace": f"{down}/replace", "User-Agent": "TheThingsStack/3 (simulated)",
+                       **self.tts_headers}
             await self._post("tts", self.tts_url, self.tts_body(payload, decoded, radio), headers)
         self.f_cnt += 1
 

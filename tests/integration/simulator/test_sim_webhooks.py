@@ -59,7 +59,9 @@ async def test_uplinks_in_chirpstack_and_the_things_stack_shapes():
         sim = CookieLine(PLANT, seed=4, clock=SimClock(speed=0),
                          scenario=load_scenario("humidity_rise", PLANT.lines["line1"]))
         emitter = LoRaWANWebhookEmitter(f"http://127.0.0.1:{port}/chirpstack?token=abc",
-                                        f"http://127.0.0.1:{port}/tts/uplink", interval_s=60)
+                                        f"http://127.0.0.1:{port}/tts/uplink", interval_s=60,
+                                        chirpstack_headers={"X-Lineguard-Secret": "cs"},
+                                        tts_headers={"X-Lineguard-Secret": "tt"})
         sim_runner = Runner(sim, [emitter])
         await sim_runner.start()
         await sim_runner.run(900)
@@ -74,7 +76,7 @@ async def test_uplinks_in_chirpstack_and_the_things_stack_shapes():
 
     for f_cnt, (body, request) in enumerate(chirp):
         assert request.query["event"] == "up" and request.query["token"] == "abc"
-        assert request.content_type == "application/json"
+        assert request.content_type == "application/json" and request.headers["X-Lineguard-Secret"] == "cs"
         assert body["deviceInfo"]["devEui"] == DEV_EUI
         assert {"tenantId", "applicationId", "deviceProfileId", "deviceName"} <= body["deviceInfo"].keys()
         assert body["fCnt"] == f_cnt and body["fPort"] == 2 and len(body["devAddr"]) == 8
@@ -96,6 +98,7 @@ async def test_uplinks_in_chirpstack_and_the_things_stack_shapes():
         assert zero_values(body) == []
         assert request.headers["X-Downlink-Apikey"] and request.headers["X-Downlink-Push"].endswith("/push")
         assert request.headers["X-Downlink-Replace"].endswith("/replace")
+        assert request.headers["X-Lineguard-Secret"] == "tt"
 
     # The humidity rise (from 300 s, over 300 s) shows in the decoded readings.
     humidity = [body["object"]["humidity"] for body, _ in chirp]
