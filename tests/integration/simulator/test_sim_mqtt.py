@@ -238,3 +238,64 @@ async def test_cli_run_killed_hard_leaves_its_death_certificate_via_the_will(mos
     assert [(m.name, m.long_value) for m in death.metrics] == [("bdSeq", born_bd)]
     started = [json.loads(line) for line in output.splitlines() if '"simulation_started"' in line]
     assert started and started[0]["scenario"] == "normal_run" and started[0]["speed"] == 20.0
+
+
+async def second_birth(recorder: Recorder, spec_pb2, base: str) -> list[mqtt.MQTTMessage]:
+    """Wait for the edge node's next NBIRTH; should our subscriber have reconnected after it, ask for a rebirth
+    (same session, same bdSeq) as a host application would."""
+    command = spec_pb2.Payload()
+    rebirth = command.metrics.add()
+    rebirth.name, rebirth.datatype, rebirth.boolean_value = "Node Control/Rebirth", spec_pb2.Boolean, True
+    deadline = time.monotonic() + 25
+    while True:
+        try:
+            return await recorder.wait_for(lambda m: m.topic == f"{base}/NBIRTH/line1-oven", count=2, timeout=3)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            recorder.client.publish(f"{base}/NCMD/line1-oven", command.SerializeToString(), qos=1)
+
+
+async def test_sparkplug_session_after_a_broker_restart_has_a_new_bdseq(tmp_path, spec_pb2):
+    from lineguard.embedded import free_port, mosquitto_command, port_open
+
+    port = free_port()
+    command = mosquitto_command(port, tmp_path)
+    if command is None:
+        pytest.skip("mosquitto is not installed")
+
+    def start_broker() -> subprocess.Popen:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            assert time.monotonic() < deadline and proc.poll() is None, "mosquitto did not start"
+            time.sleep(0.05)
+        return proc
+
+    def bd_seq(message) -> int:
+        payload = spec_pb2.Payload()
+        payload.ParseFromString(message.payload)
+        return next(m.long_value for m in payload.metrics if m.name == "bdSeq")
+
+    broker = start_broker()
+    base = "spBv1.0/bakery1"
+    try:
+        with Recorder(f"mqtt://127.0.0.1:{port}", [f"{base}/#"]) as recorder:
+            sim = make_line("normal_run", speed=20)
+            runner = Runner(sim, [SparkplugEmitter("127.0.0.1", port)])
+            await runner.start()
+            task = asyncio.create_task(runner.run())
+            first = await recorder.wait_for(lambda m: m.topic == f"{base}/NBIRTH/line1-oven")
+            broker.terminate()
+            broker.wait(5)
+            broker = start_broker()
+            births = await second_birth(recorder, spec_pb2, base)
+            runner.stop_event.set()
+            await task
+            await runner.stop()
+            deaths = await recorder.wait_for(lambda m: m.topic == f"{base}/NDEATH/line1-oven")
+    finally:
+        broker.terminate()
+        broker.wait(5)
+    assert bd_seq(first[0]) == 0 and bd_seq(births[1]) == 1
+    assert bd_seq(deaths[-1]) == 1  # the death certificate of the new session matches its birth
