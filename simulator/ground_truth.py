@@ -61,3 +61,19 @@ def read_ground_truth(path: str | Path, kind: str | None = None) -> list[dict[st
                 if kind is None or record["kind"] == kind:
                     records.append(record)
     return records
+
+
+def defect_rates(path: str | Path, start_s: float = float("-inf"), end_s: float = float("inf")) -> dict[str, Any]:
+    """What really came out of the oven in [start_s, end_s): cookie count, defective share and each defect's rate."""
+    cookies = [r for r in read_ground_truth(path, "cookie") if start_s <= r["exited_oven_s"] < end_s]
+    total = len(cookies)
+    counts: dict[str, int] = {}
+    for cookie in cookies:
+        for defect in cookie["defects"]:
+            counts[defect] = counts.get(defect, 0) + 1
+    return {
+        "cookies": total,
+        "defective": (sum(1 for c in cookies if c["defects"]) / total) if total else 0.0,
+        "rates": {d: n / total for d, n in sorted(counts.items())} if total else {},
+        "diverted": sum(1 for c in cookies if c["fate"] == "diverted"),
+    }

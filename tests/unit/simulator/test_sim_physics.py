@@ -7,7 +7,7 @@ import functools
 import pytest
 
 from lineguard.plant import default_plant_path, load_plant
-from simulator.ground_truth import GroundTruthLog, read_ground_truth
+from simulator.ground_truth import GroundTruthLog, defect_rates, read_ground_truth
 from simulator.model import AlarmTracker, ControlError, CookieLine, defect_probabilities
 from simulator.scenarios import load_scenario
 
@@ -196,3 +196,14 @@ def test_normal_run_raises_no_alarm_and_each_fault_raises_its_own():
     assert ("environment", "humidity_high") in alarms("humidity_rise")
     assert {("cooling-conveyor", "stopped"), ("detector", "items_per_minute_low")} <= alarms("conveyor_stop")
     assert ("cooling-conveyor", "air_temperature_low") in alarms("cooling_fault")
+
+
+def test_ground_truth_summarises_defect_rates_by_window(tmp_path):
+    sim = make_line("oven_zone_overheat", truth_path=tmp_path / "truth.jsonl")
+    sim.run_until(1200)
+    sim.truth_log.close()
+    before = defect_rates(tmp_path / "truth.jsonl", 0, 300)
+    during = defect_rates(tmp_path / "truth.jsonl", 800, 1200)
+    assert (before["cookies"], during["cookies"]) == (300, 400)  # one cookie a second
+    assert before["rates"].get("burnt", 0.0) < 0.05 < 0.8 < during["rates"]["burnt"] <= during["defective"]
+    assert during["diverted"] == 0
