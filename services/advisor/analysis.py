@@ -157,20 +157,16 @@ class Analysis:
         return [f.id for f in self.findings]
 
     def query_terms(self) -> str:
-        """Words for the document retriever: what went wrong, where."""
-        words: list[str] = []
-        for finding in [self.finding(i) for i in self.cited] or self.findings[:5]:
-            if finding is None:
-                continue
-            words += [finding.machine_id.replace("-", " "), finding.kind.replace("_", " ")]
-            if finding.attribute:
-                words.append(finding.attribute.replace("_", " "))
-            if finding.direction:
-                words.append(finding.direction)
-            if finding.kind == "defect_rate" and finding.attribute:
-                words.append(finding.attribute)
-        words.append(self.category.replace("_", " "))
-        return " ".join(words)
+        """Words for the document retriever: what went wrong, where, and the lead findings; empty when nothing is
+        wrong (a normal window cites no manual)."""
+        if self.category == "none":
+            return ""
+        words = [self.title, self.root_cause_text, self.category.replace("_", " ")]
+        for finding in [self.finding(i) for i in self.cited[:2]]:
+            if finding is not None:
+                words += [finding.machine_id.replace("-", " "), (finding.attribute or "").replace("_", " "),
+                          finding.direction or ""]
+        return " ".join(w for w in words if w)
 
     def to_dict(self) -> dict[str, Any]:
         return {
