@@ -178,7 +178,7 @@ class MqttAdapter:
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")
         try:
-            entry.records.append(self.mapper.map(topic, message.payload, received_at, str(message.mid)))
+            entry.records = self.mapper.map_many(topic, message.payload, received_at, str(message.mid))
         except InputError as exc:
             entry.dead_letters.append(DeadLetter(message.payload, str(exc), type(exc).__name__, self.name, topic,
                                                  str(message.mid)))

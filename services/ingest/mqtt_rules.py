@@ -44,6 +44,7 @@ RAISE_WORDS = {"raise", "raised", "active", "set", "on", "alarm", "true", "1"}
 CLEAR_WORDS = {"clear", "cleared", "inactive", "reset", "off", "normal", "false", "0"}
 _TEMPLATE = re.compile(r"\{(\d+)\}")
 MAX_PAYLOAD = 256 * 1024
+MAX_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,16 @@ class MqttMapper:
         return resolved
 
     def map(self, topic: str, payload: bytes, received_at: int, position: str | None = None) -> Emit:
+        """One message that carries one reading or alarm."""
+        records = self.map_many(topic, payload, received_at, position)
+        if len(records) != 1:
+            raise InputError("readings", f"expected one reading, the message carries {len(records)}")
+        return records[0]
+
+    def map_many(self, topic: str, payload: bytes, received_at: int, position: str | None = None) -> list[Emit]:
+        """Every record of one message: one reading or alarm, or a batch `{"readings": [...]}` (gateways send
+        many readings per message; each item may name its own metric, and takes the batch's device and ts
+        unless it has its own). A bad item rejects the whole message, naming the item."""
         rule, levels, device, metric = self._resolve(topic)
         if len(payload) > MAX_PAYLOAD:
             raise InputError("payload", f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD}")
@@ -149,6 +160,35 @@ class MqttMapper:
             body = json.loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
             raise InputError("payload", f"not JSON: {exc}") from None
+        if rule.kind == "reading" and isinstance(body, dict) and "readings" in body:
+            return self._batch(rule, device, metric, topic, body, received_at, position)
+        return [self._one(rule, device, metric, topic, body, received_at, position)]
+
+    def _batch(self, rule: TopicRule, topic_device: str | None, topic_metric: str, topic: str, body: dict,
+               received_at: int, position: str | None) -> list[Emit]:
+        items = body["readings"]
+        if not isinstance(items, list) or not items:
+            raise InputError("readings", "expected a non-empty array of readings")
+        if len(items) > MAX_BATCH:
+            raise InputError("readings", f"at most {MAX_BATCH} readings per message")
+        shared = {key: body[key] for key in ("device", *TIME_FIELDS) if key in body}
+        out = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InputError(f"readings[{index}]", "expected an object")
+            metric = topic_metric
+            if "metric" in item:
+                metric = required_str(item["metric"], f"readings[{index}].metric", 128)
+            merged = {**shared, **item} if shared else item
+            try:
+                out.append(self._reading(rule, topic_device, metric, topic, merged, received_at,
+                                         f"{position}:{index}" if position is not None else str(index)))
+            except InputError as exc:
+                raise InputError(f"readings[{index}].{exc.field}", exc.message) from None
+        return out
+
+    def _one(self, rule: TopicRule, device: str | None, metric: str | None, topic: str, body: Any,
+             received_at: int, position: str | None) -> Emit:
         if rule.kind == "alarm":
             return self._alarm(rule, device, topic, body, received_at, position)
         return self._reading(rule, device, metric, topic, body, received_at, position)

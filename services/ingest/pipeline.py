@@ -85,26 +85,27 @@ def alarm(*, id: str, device: str, alarm_type: str, action: str, severity: str |
 
 
 class DedupCache:
-    """The most recent delivered ids (bounded, least recently seen evicted first); thread-safe."""
+    """The most recent delivered ids (bounded, least recently seen evicted first). Not locked itself: the
+    pipeline calls it under its in-flight lock."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __contains__(self, id: str) -> bool:
-        with self._lock:
-            if id in self._ids:
-                self._ids.move_to_end(id)
-                return True
-            return False
+        if id in self._ids:
+            self._ids.move_to_end(id)
+            return True
+        return False
 
     def add(self, id: str) -> None:
-        with self._lock:
-            self._ids[id] = None
-            self._ids.move_to_end(id)
-            while len(self._ids) > self.capacity:
-                self._ids.popitem(last=False)
+        ids = self._ids
+        if id in ids:
+            ids.move_to_end(id)
+            return
+        ids[id] = None
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -216,23 +217,28 @@ class IngestPipeline:
             return 0
         trace_headers = self._trace_headers(fresh[0].topic if fresh else DEAD_LETTERS)
         producer = self.producer
+        lock, inflight, dedup, monotonic = self._inflight_lock, self._inflight, self.dedup, time.monotonic
+        counters = {topic: self._produced_counter(adapter, topic) for topic in {r.topic for r in fresh}}
 
         for record in fresh:
+            # Runs once per record on the polling thread: kept lean (it bounds the acknowledged rate).
             def report(err: KafkaError | None, msg: Message | None, record: Emit = record) -> None:
                 rid = record.value["id"]
-                error = None if err is None else f"{record.topic}: {err.str()}"
-                with self._inflight_lock:
+                with lock:
                     if err is None:
-                        self.dedup.add(rid)
-                    waiters = self._inflight.pop(rid, [])
+                        dedup.add(rid)
+                    waiters = inflight.pop(rid, None)
                 if err is None:
-                    self._produced_counter(adapter, record.topic).inc()
-                    self.last_delivery_ok = time.monotonic()
+                    counters[record.topic].inc()
+                    self.last_delivery_ok = monotonic()
+                    error = None
                 else:
+                    error = f"{record.topic}: {err.str()}"
                     self._delivery_failed(err, producer)
                 batch.report(error)
-                for waiter in waiters:
-                    waiter.report(error)
+                if waiters:
+                    for waiter in waiters:
+                        waiter.report(error)
             try:
                 producer.produce(record.topic, record.key, record.value, trace_headers, on_delivery=report,
                                  trace=False)

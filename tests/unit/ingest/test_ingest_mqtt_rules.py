@@ -113,3 +113,18 @@ def test_fuzzed_messages_map_to_a_valid_record_or_a_reasoned_rejection(topic, pa
         assert str(exc)  # a reason to put in the dead letter
         return
     SERDE.encode(emit.topic, emit.value)  # whatever is accepted fits the schema
+
+
+def test_a_batch_message_carries_many_readings_and_a_bad_item_is_named():
+    body = {"device": "line1-mixer", "ts": 1790000000000, "readings": [
+        {"metric": "torque", "value": 47.9, "unit": "NU"}, {"metric": "speed", "value": 70, "ts": 1790000000500},
+        {"value": 24.5}]}
+    records = MAPPER.map_many("plant/line1/mixer/batch", json.dumps(body).encode(), 1, "12")
+    assert [(r.value["metric"], r.value["value"], r.value["observed_at"]) for r in records] == [
+        ("torque", 47.9, 1790000000000), ("speed", 70.0, 1790000000500), ("batch", 24.5, 1790000000000)]
+    assert [r.value["source"]["position"] for r in records] == ["12:0", "12:1", "12:2"]
+    assert len({r.id for r in records}) == 3
+    body["readings"][1]["value"] = {"nested": 1}
+    with pytest.raises(InputError) as caught:
+        MAPPER.map_many("plant/line1/mixer/batch", json.dumps(body).encode(), 1)
+    assert caught.value.field == "readings[1].value"
