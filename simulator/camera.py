@@ -149,24 +149,29 @@ def render_cookie(
     if size < 64:
         raise ValueError("size must be at least 64 pixels")
     conditions = conditions or CameraConditions.standard()
-    shot = _draw_shot(conditions, rng)
+    # One stream per aspect: the same seed with and without a defect renders the same cookie, camera and noise,
+    # so the defect is the only difference.
+    shot_rng, shape_rng, dough_rng, bubble_rng, crack_rng, belt_rng = (
+        np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=6))
+    shot = _draw_shot(conditions, shot_rng)
     s = size / 256.0  # every length below is given for a 256 x 256 frame
 
     # --- outline: r(theta) = R * (1 + sum of harmonics); deformed cookies get strong low-order harmonics.
     radius = 62.0 * s * shot.scale
     harmonics: list[tuple[int, float, float]] = []
     for order in range(2, 7):
-        amplitude = rng.uniform(0.0, 0.008)
-        harmonics.append((order, amplitude, rng.uniform(0, 2 * math.pi)))
-    if "deformed" in defects:
-        for _ in range(int(rng.integers(1, 3))):
-            order = int(rng.integers(2, 5))
-            harmonics.append((order, rng.uniform(0.09, 0.17), rng.uniform(0, 2 * math.pi)))
-    max_extent = radius * (1.0 + sum(a for _, a, _ in harmonics))
+        amplitude = shape_rng.uniform(0.0, 0.008)
+        harmonics.append((order, amplitude, shape_rng.uniform(0, 2 * math.pi)))
+    # the free margin assumes the largest deformation, so a defect never moves the cookie
+    max_extent = radius * (1.0 + 5 * 0.008 + 2 * 0.17)
     margin = size / 2.0 - max_extent - 6.0 * s
     wander = max(0.0, margin) * shot.position
-    cx = size / 2.0 + rng.uniform(-wander, wander)
-    cy = size / 2.0 + rng.uniform(-wander, wander)
+    cx = size / 2.0 + shape_rng.uniform(-wander, wander)
+    cy = size / 2.0 + shape_rng.uniform(-wander, wander)
+    if "deformed" in defects:
+        for _ in range(int(shape_rng.integers(1, 3))):
+            order = int(shape_rng.integers(2, 5))
+            harmonics.append((order, shape_rng.uniform(0.09, 0.17), shape_rng.uniform(0, 2 * math.pi)))
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
@@ -179,14 +184,14 @@ def render_cookie(
     relative_rho = np.clip(rho / outline, 0.0, 1.0)
 
     # --- dough: colour by bake, browner towards the rim, blotchy texture and fine grain.
-    bake_level = rng.uniform(0.84, 0.97) if "burnt" in defects else rng.uniform(0.3, 0.5)
+    bake_level = dough_rng.uniform(0.84, 0.97) if "burnt" in defects else dough_rng.uniform(0.3, 0.5)
     bake = np.full_like(rho, bake_level) + 0.12 * relative_rho**4
     if "burnt" in defects:
-        bake += 0.08 * np.clip(_smooth_noise(rng, size, 6), 0, 1)  # blackened patches
+        bake += 0.08 * np.clip(_smooth_noise(dough_rng, size, 6), 0, 1)  # blackened patches
     else:
-        bake += 0.03 * _smooth_noise(rng, size, 6)
+        bake += 0.03 * _smooth_noise(dough_rng, size, 6)
     dough = _bake_to_rgb(bake)
-    texture = 1.0 + 0.05 * _smooth_noise(rng, size, 24) + rng.normal(0.0, 0.025, size=(size, size))
+    texture = 1.0 + 0.05 * _smooth_noise(dough_rng, size, 24) + dough_rng.normal(0.0, 0.025, size=(size, size))
     dough *= texture[..., None].astype(np.float32)
 
     truth: list[dict] = []
@@ -195,10 +200,10 @@ def render_cookie(
     # --- bubbles: raised light blisters with a highlight towards the light and a faint shadow opposite.
     if "bubbled" in defects:
         centres = []
-        for _ in range(int(rng.integers(2, 5))):
-            bubble_r = rng.uniform(6.0, 11.0) * s * shot.scale
-            angle = rng.uniform(0, 2 * math.pi)
-            dist = rng.uniform(0.0, 0.6) * radius
+        for _ in range(int(bubble_rng.integers(2, 5))):
+            bubble_r = bubble_rng.uniform(6.0, 11.0) * s * shot.scale
+            angle = bubble_rng.uniform(0, 2 * math.pi)
+            dist = bubble_rng.uniform(0.0, 0.6) * radius
             bx, by = cx + dist * math.cos(angle), cy + dist * math.sin(angle)
             d = np.hypot(xx + 0.5 - bx, yy + 0.5 - by) / bubble_r
             dome = np.sqrt(np.clip(1.0 - d**2, 0.0, 1.0))
@@ -215,15 +220,15 @@ def render_cookie(
         crack_layer = Image.new("L", (size, size), 0)
         pen = ImageDraw.Draw(crack_layer)
         crack_points = []
-        for _ in range(int(rng.integers(1, 3))):
-            angle = rng.uniform(0, 2 * math.pi)
-            start = rng.uniform(0.0, 0.45) * radius
+        for _ in range(int(crack_rng.integers(1, 3))):
+            angle = crack_rng.uniform(0, 2 * math.pi)
+            start = crack_rng.uniform(0.0, 0.45) * radius
             x, y = cx + start * math.cos(angle), cy + start * math.sin(angle)
-            heading = angle + rng.uniform(-0.6, 0.6)
+            heading = angle + crack_rng.uniform(-0.6, 0.6)
             points = [(x, y)]
-            for _ in range(int(rng.integers(6, 11))):
-                step = rng.uniform(5.0, 9.0) * s * shot.scale
-                heading += rng.uniform(-0.7, 0.7)
+            for _ in range(int(crack_rng.integers(6, 11))):
+                step = crack_rng.uniform(5.0, 9.0) * s * shot.scale
+                heading += crack_rng.uniform(-0.7, 0.7)
                 x, y = x + step * math.cos(heading), y + step * math.sin(heading)
                 if math.hypot(x - cx, y - cy) > 0.92 * radius:
                     break
@@ -233,7 +238,7 @@ def render_cookie(
                 while len(points) < 4:
                     x, y = x + 6.0 * s * math.cos(heading), y + 6.0 * s * math.sin(heading)
                     points.append((x, y))
-            width = int(rng.integers(2, 4))
+            width = int(crack_rng.integers(2, 4))
             pen.line(points, fill=255, width=max(2, round(width * s)), joint="curve")
             crack_points.extend(points)
         crack = np.asarray(crack_layer.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32) / 255.0
@@ -249,7 +254,7 @@ def render_cookie(
 
     # --- belt: blue-grey with a woven texture; a soft shadow under the cookie.
     belt = np.broadcast_to(BELT_RGB, (size, size, 3)).astype(np.float32)
-    weave = 1.0 + 0.03 * np.sin(yy * (2 * math.pi / 5.0)) + rng.normal(0.0, 0.02, size=(size, size))
+    weave = 1.0 + 0.03 * np.sin(yy * (2 * math.pi / 5.0)) + belt_rng.normal(0.0, 0.02, size=(size, size))
     belt = belt * weave[..., None].astype(np.float32)
     shadow = np.clip((outline + 5.0 * s - rho) / (5.0 * s), 0.0, 1.0)
     belt *= (1.0 - 0.25 * shadow)[..., None]
@@ -263,7 +268,7 @@ def render_cookie(
     if shot.blur_sigma > 0.05:
         image = image.filter(ImageFilter.GaussianBlur(shot.blur_sigma * s))
     pixels = np.asarray(image, dtype=np.float32)
-    pixels = pixels + rng.normal(0.0, shot.noise_sigma, size=pixels.shape)
+    pixels = pixels + shot_rng.normal(0.0, shot.noise_sigma, size=pixels.shape)
     image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
     buffer = io.BytesIO()

@@ -49,7 +49,9 @@ class Scores:
         for t in true_labels:
             self.support[t] += 1
             for p in predicted_labels:
-                self.confusion[t][p] += 1
+                # off the diagonal only wrong predictions: a class predicted that the image does not have
+                if p == t or p not in true_labels:
+                    self.confusion[t][p] += 1
         for item in truth:
             name = item["class"]
             if name in predicted and name in boxes:
@@ -128,10 +130,13 @@ def report(scores: Scores, title: str) -> str:
         box = (f"{scores.iou_sum[label] / max(scores.true_positive[label], 1):.2f}"
                if label in DEFECT_CLASSES else "")
         lines.append(f"| {label} | {scores.support[label]} | {precision:.3f} | {recall:.3f} | {f1:.3f} | {box} |")
-    lines += ["", "Confusion (rows: true class; columns: images in which each class was predicted):", "",
-              "| true \\ predicted | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    lines += ["", "Confusion: rows are true classes, columns predicted ones. The diagonal counts correct detections; "
+              "off it, a class predicted that the image does not have (an image can have several classes). "
+              "'missed' counts images whose true class was not predicted.", "",
+              "| true \\ predicted | " + " | ".join(LABELS) + " | missed |", "|---" * (len(LABELS) + 2) + "|"]
     for t in LABELS:
-        lines.append(f"| {t} | " + " | ".join(str(scores.confusion[t][p]) for p in LABELS) + " |")
+        missed = scores.support[t] - scores.confusion[t][t]
+        lines.append(f"| {t} | " + " | ".join(str(scores.confusion[t][p]) for p in LABELS) + f" | {missed} |")
     per_image_ms = 1000.0 * scores.detect_seconds / max(scores.images, 1)
     lines += ["", f"images: {scores.images}, undecided (no cookie found): {scores.undecided}, "
               f"detector time: {per_image_ms:.2f} ms/image (decode included)"]
