@@ -1,0 +1,337 @@
+"""From a window to a recommendation: analysis, retrieval, the model, validation and the fallback.
+
+The model gets the findings (with their ids and numbers), the candidate causes, the actions the plant model
+allows and the matching SOP sections, and must answer in a fixed JSON structure whose schema lists the only
+finding ids, entities, parameters and document sections it may use. Its answer is then checked again
+(`validate_draft`): it must parse, cite only findings that exist, name the root cause the analysis found,
+propose only actions the analysis allows (same machine, parameter and direction) within the setpoint's limits
+and largest step, and cite only the sections retrieved. An invalid answer is retried once with the reasons;
+after that the recommendation is the analysis alone, marked `fallback: true`. Numbers in the evidence always come
+from the analysis, never from the model's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lineguard.logs import event, get_logger
+from lineguard.plant import PlantModel
+from lineguard.telemetry import counter, histogram
+from services.advisor.analysis import Analysis, Analyzer, ProposedAction
+from services.advisor.models import ModelError, ModelProvider, ModelRequest, ModelResponse
+from services.advisor.retrieval import Hit, Retriever
+from services.advisor.window import LineHistory, LineWindow
+
+log = get_logger(__name__)
+SERVICE = "advisor"
+
+CATEGORIES = ("process_deviation", "equipment_fault", "quality", "environment", "sensor_fault", "none")
+SEVERITIES = ("critical", "major", "minor", "warning", "info")
+TRIGGERS = ("scheduled", "critical_alarm", "defect_spike", "silence", "chat")
+
+RECOMMENDATIONS = counter(SERVICE, "recommendations", "Recommendations produced", ["severity", "trigger"])
+MODEL_CALLS = counter(SERVICE, "model_calls", "Model calls by provider and outcome", ["provider", "outcome"])
+MODEL_TOKENS = counter(SERVICE, "model_tokens", "Model tokens by provider and direction", ["provider", "direction"])
+MODEL_LATENCY = histogram(SERVICE, "model_latency_seconds", "Model call latency", ["provider"])
+VALIDATION_FAILURES = counter(SERVICE, "validation_failures", "Model outputs rejected by validation", ["provider"])
+FALLBACKS = counter(SERVICE, "fallbacks", "Recommendations built from the analysis alone", ["provider", "reason"])
+
+SYSTEM_PROMPT = (
+    "You are the line advisor of a cookie factory. You get the deterministic findings of a five-minute window, "
+    "the root cause they point to, the allowed actions and excerpts of the SOPs. Write the recommendation for the "
+    "operator as JSON. Use only the finding ids, entities, actions and document sections given. Be brief and "
+    "concrete: a title, a short summary, the root cause in one sentence, and at most three steps."
+)
+
+
+def recommendation_id(line_id: str, window_start: int, window_end: int, trigger: str) -> str:
+    """Deterministic: the same line, window and trigger always give the same id (a replay does not notify twice).
+    Immediate triggers are limited to one per window, so their id uses the window, not the moment they fired."""
+    digest = hashlib.sha256(f"{line_id}|{window_start}|{window_end}|{trigger}".encode()).hexdigest()[:12]
+    return f"rec-{line_id}-{window_start}-{trigger}-{digest}"
+
+
+@dataclass
+class Outcome:
+    record: dict[str, Any]
+    analysis: Analysis
+    hits: list[Hit]
+    model_valid: bool  # the model's own output passed validation
+    fallback: bool
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    model_latency_s: float = 0.0
+
+
+def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict[str, Any]:
+    """The JSON schema of the model's answer, with the allowed ids as enums (a grammar can enforce them)."""
+    finding_ids = analysis.finding_ids or ["none"]
+    entities = [analysis.root_cause_entity] if analysis.root_cause_entity else ["none"]
+    sections = [f"{h.section.doc_id}#{h.section.section}" for h in hits] or ["none"]
+    action_schema: dict[str, Any] = {"type": "array", "maxItems": 0, "items": {"type": "object"}}
+    if analysis.actions:
+        action_schema = {
+            "type": "array", "minItems": 0, "maxItems": len(analysis.actions),
+            "items": {"type": "object", "properties": {
+                "machine_entity_id": {"type": "string", "enum": sorted({a.machine_entity_id for a in analysis.actions})},
+                "parameter": {"type": "string", "enum": sorted({a.parameter for a in analysis.actions})},
+                "value": {"type": "number"},
+                "reason": {"type": "string", "maxLength": 160},
+            }, "required": ["machine_entity_id", "parameter", "value", "reason"]},
+        }
+    return {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "maxLength": 100},
+            "summary": {"type": "string", "maxLength": 300},
+            "category": {"type": "string", "enum": list(CATEGORIES)},
+            "root_cause_entity_id": {"type": "string", "enum": entities},
+            "root_cause": {"type": "string", "maxLength": 200},
+            "evidence": {"type": "array", "minItems": 1, "maxItems": 4,
+                         "items": {"type": "string", "enum": finding_ids}},
+            "steps": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "maxLength": 140}},
+            "proposed_actions": action_schema,
+            "references": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": sections}},
+        },
+        "required": ["title", "summary", "category", "root_cause_entity_id", "root_cause", "evidence", "steps",
+                     "proposed_actions", "references"],
+    }
+
+
+def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_chars: int = 360) -> str:
+    lines = [f"Line {analysis.line_id}, trigger {trigger}. Deterministic conclusion: category {analysis.category}, "
+             f"severity {analysis.severity}.",
+             f"Root cause ({analysis.root_cause_entity}): {analysis.root_cause_text}", "Findings:"]
+    for finding in analysis.findings[:8]:
+        lines.append(f"- {finding.id}: {finding.description}")
+    if analysis.actions:
+        lines.append("Allowed actions:")
+        for action in analysis.actions:
+            lines.append(f"- {action.machine_entity_id} {action.parameter}: from {action.current:g} to "
+                         f"{action.value:g} {action.unit_code or ''} ({action.reason})")
+    else:
+        lines.append("Allowed actions: none (propose no setpoint change).")
+    lines.append("Suggested steps: " + " | ".join(analysis.steps[:3]))
+    if hits:
+        lines.append("SOP sections:")
+        for hit in hits[:3]:
+            text = " ".join(hit.section.text.split())[:section_chars]
+            lines.append(f"- {hit.section.doc_id}#{hit.section.section}: {text}")
+    return "\n".join(lines)
+
+
+def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[Hit], plant: PlantModel
+                   ) -> list[str]:
+    """Why the model's answer cannot be shown to an operator; empty when it can."""
+    if draft is None:
+        return ["the output did not parse"]
+    errors: list[str] = []
+    for key, kind in (("title", str), ("summary", str), ("category", str), ("root_cause", str),
+                      ("evidence", list), ("steps", list), ("proposed_actions", list), ("references", list)):
+        if not isinstance(draft.get(key), kind):
+            errors.append(f"{key} is missing or not a {kind.__name__}")
+    if errors:
+        return errors
+    if not draft["title"].strip() or not draft["summary"].strip():
+        errors.append("title and summary must not be empty")
+    if draft["category"] != analysis.category:
+        errors.append(f"category {draft['category']!r} contradicts the analysis ({analysis.category})")
+    root = draft.get("root_cause_entity_id")
+    if root != (analysis.root_cause_entity or "none"):
+        errors.append(f"root cause {root!r} is not the one the findings support ({analysis.root_cause_entity})")
+    known = set(analysis.finding_ids)
+    for finding_id in draft["evidence"]:
+        if finding_id not in known and not (finding_id == "none" and not known):
+            errors.append(f"evidence cites a finding that does not exist: {finding_id!r}")
+    if known and not any(f in known for f in draft["evidence"]):
+        errors.append("evidence cites no finding")
+    if not all(isinstance(s, str) and s.strip() for s in draft["steps"]) or not draft["steps"]:
+        errors.append("steps must be non-empty strings")
+    allowed = {(a.machine_entity_id, a.parameter): a for a in analysis.actions}
+    for proposal in draft["proposed_actions"]:
+        if not isinstance(proposal, dict):
+            errors.append("a proposed action is not an object")
+            continue
+        key = (proposal.get("machine_entity_id"), proposal.get("parameter"))
+        reference = allowed.get(key)  # type: ignore[arg-type]
+        if reference is None:
+            errors.append(f"action {key[1]!r} on {key[0]!r} is not one the analysis allows")
+            continue
+        value = proposal.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors.append(f"action {key[1]}: value {value!r} is not a number")
+            continue
+        machine = plant.machine(analysis.line_id, reference.machine_id)
+        setpoint = machine.setpoints.get(reference.parameter) if machine else None
+        why = setpoint.check(float(value), reference.current) if setpoint else "unknown setpoint"
+        if why:
+            errors.append(f"action {key[1]}: {why}")
+        elif (float(value) - reference.current) * (reference.value - reference.current) <= 0:
+            errors.append(f"action {key[1]}: {value} moves the wrong way (the analysis says {reference.direction})")
+    sections = {f"{h.section.doc_id}#{h.section.section}" for h in hits}
+    for ref in draft["references"]:
+        if ref not in sections and ref != "none":
+            errors.append(f"reference {ref!r} is not a retrieved SOP section")
+    return errors
+
+
+class Advisor:
+    """Turns windows into recommendation records (dicts for `recommendations.v1`)."""
+
+    def __init__(self, plant: PlantModel, retriever: Retriever, provider: ModelProvider,
+                 analyzer: Analyzer | None = None, model_on_normal: bool = False, max_tokens: int = 600) -> None:
+        self.plant = plant
+        self.retriever = retriever
+        self.provider = provider
+        self.analyzer = analyzer or Analyzer(plant)
+        self.model_on_normal = model_on_normal
+        self.max_tokens = max_tokens
+        self.stats = {"model_valid": 0, "fallback": 0, "analysis_only": 0}
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.alias.provider
+
+    async def recommend(self, window: LineWindow, history: LineHistory | None, trigger: str,
+                        setpoints: dict[tuple[str, str], float] | None = None, now_ms: int | None = None,
+                        window_end: int | None = None) -> Outcome:
+        if trigger not in TRIGGERS:
+            raise ValueError(f"unknown trigger {trigger!r} (known: {', '.join(TRIGGERS)})")
+        analysis = self.analyzer.analyse(window, history, setpoints)
+        if window_end is not None:
+            analysis.window_end = window_end
+        query = analysis.query_terms()
+        hits = self.retriever.search(query, limit=3) if query else []
+        rec_id = recommendation_id(window.line_id, window.start_ms, window.end_ms, trigger)
+        created = now_ms if now_ms is not None else int(time.time() * 1000)
+        provider = self.provider_name
+        if provider == "analysis" or (analysis.category == "none" and not self.model_on_normal):
+            self.stats["analysis_only"] += 1
+            record = self._from_analysis(rec_id, analysis, hits, trigger, created, fallback=False)
+            RECOMMENDATIONS.labels(record["severity"], trigger).inc()
+            return Outcome(record, analysis, hits, model_valid=False, fallback=False)
+
+        schema = draft_schema(analysis, hits, self.plant)
+        prompt = build_prompt(analysis, hits, trigger)
+        errors: list[str] = []
+        failed_call = False
+        attempts = 0
+        latency = 0.0
+        for attempt in (1, 2):  # the first answer, and one retry with the reasons it was refused
+            attempts = attempt
+            text = prompt if attempt == 1 else (
+                prompt + "\nYour previous answer was refused: " + "; ".join(errors[-3:]) + ". Answer again.")
+            try:
+                response = await self.provider.generate(ModelRequest(SYSTEM_PROMPT, text, schema,
+                                                                     max_tokens=self.max_tokens))
+            except ModelError as exc:
+                errors.append(str(exc))
+                failed_call = True
+                MODEL_CALLS.labels(provider, "error").inc()
+                event(log, "model_call_failed", level=logging.WARNING, provider=provider, error=str(exc))
+                continue
+            failed_call = False
+            latency += response.latency_s
+            self._record_usage(provider, response)
+            problems = validate_draft(response.data, analysis, hits, self.plant)
+            if response.data is None and response.error:
+                problems = [response.error]
+            if not problems:
+                MODEL_CALLS.labels(provider, "valid").inc()
+                self.stats["model_valid"] += 1
+                record = self._from_draft(rec_id, analysis, hits, trigger, created, response)
+                RECOMMENDATIONS.labels(record["severity"], trigger).inc()
+                return Outcome(record, analysis, hits, True, False, attempts, errors, latency)
+            MODEL_CALLS.labels(provider, "invalid").inc()
+            VALIDATION_FAILURES.labels(provider).inc()
+            errors += problems
+            event(log, "model_output_refused", level=logging.WARNING, provider=provider, attempt=attempt,
+                  problems=problems[:5], recommendation_id=rec_id)
+        self.stats["fallback"] += 1
+        FALLBACKS.labels(provider, "model_error" if failed_call else "invalid").inc()
+        record = self._from_analysis(rec_id, analysis, hits, trigger, created, fallback=True)
+        RECOMMENDATIONS.labels(record["severity"], trigger).inc()
+        return Outcome(record, analysis, hits, False, True, attempts, errors, latency)
+
+    @staticmethod
+    def _record_usage(provider: str, response: ModelResponse) -> None:
+        MODEL_LATENCY.labels(provider).observe(response.latency_s)
+        MODEL_TOKENS.labels(provider, "input").inc(response.input_tokens)
+        MODEL_TOKENS.labels(provider, "output").inc(response.output_tokens)
+
+    # --- records -----------------------------------------------------------------------------------------
+
+    def _base(self, rec_id: str, analysis: Analysis, trigger: str, created: int) -> dict[str, Any]:
+        return {"id": rec_id, "line_id": analysis.line_id, "window_start": analysis.window_start,
+                "window_end": analysis.window_end, "trigger": trigger, "severity": analysis.severity,
+                "category": analysis.category, "created_at": created,
+                "safety_notes": list(analysis.safety_notes), "compliance_notes": list(analysis.compliance_notes)}
+
+    def _from_analysis(self, rec_id: str, analysis: Analysis, hits: list[Hit], trigger: str, created: int,
+                       fallback: bool) -> dict[str, Any]:
+        record = self._base(rec_id, analysis, trigger, created)
+        record.update(
+            title=analysis.title, summary=analysis.summary,
+            root_cause={"entity_id": analysis.root_cause_entity, "description": analysis.root_cause_text},
+            evidence=[f.evidence() for f in (analysis.finding(i) for i in analysis.cited[:8]) if f is not None],
+            steps=list(analysis.steps), proposed_actions=[a.to_record() for a in analysis.actions],
+            references=[h.section.ref for h in hits],
+            model={"provider": "analysis", "model_id": "deterministic-analysis", "version": "1"},
+            validated=True, fallback=fallback,
+        )
+        return record
+
+    def _from_draft(self, rec_id: str, analysis: Analysis, hits: list[Hit], trigger: str, created: int,
+                    response: ModelResponse) -> dict[str, Any]:
+        draft = response.data or {}
+        record = self._base(rec_id, analysis, trigger, created)
+        by_ref = {f"{h.section.doc_id}#{h.section.section}": h.section.ref for h in hits}
+        allowed = {(a.machine_entity_id, a.parameter): a for a in analysis.actions}
+        actions = []
+        for proposal in draft.get("proposed_actions", []):
+            reference: ProposedAction = allowed[(proposal["machine_entity_id"], proposal["parameter"])]
+            actions.append({"machine_entity_id": reference.machine_entity_id, "parameter": reference.parameter,
+                            "value": float(proposal["value"]), "unit_code": reference.unit_code,
+                            "reason": str(proposal.get("reason") or reference.reason)[:300]})
+        evidence_ids = [i for i in dict.fromkeys(draft.get("evidence", [])) if analysis.finding(i)]
+        record.update(
+            title=draft["title"].strip()[:200], summary=draft["summary"].strip()[:1000],
+            root_cause={"entity_id": analysis.root_cause_entity,
+                        "description": draft["root_cause"].strip()[:500] or analysis.root_cause_text},
+            evidence=[analysis.finding(i).evidence() for i in evidence_ids],  # type: ignore[union-attr]
+            steps=[s.strip()[:300] for s in draft["steps"] if s.strip()],
+            proposed_actions=actions,
+            references=[by_ref[r] for r in dict.fromkeys(draft.get("references", [])) if r in by_ref]
+            or [h.section.ref for h in hits[:1]],
+            model=response.model, validated=True, fallback=False,
+        )
+        return record
+
+
+def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
+    """A perfect answer derived from the request's schema and prompt: the stubbed instant model."""
+    props = request.schema["properties"]
+    actions = []
+    action_items = props["proposed_actions"].get("items", {}).get("properties")
+    if action_items:
+        for line in request.prompt.splitlines():
+            if line.startswith("- urn:") and " to " in line:
+                entity, parameter = line[2:].split(" ", 2)[:2]
+                value = float(line.split(" to ", 1)[1].split(" ", 1)[0])
+                actions.append({"machine_entity_id": entity, "parameter": parameter.rstrip(":"), "value": value,
+                                "reason": "as the analysis and the SOP say"})
+    return {"title": "Recommendation", "summary": request.prompt.splitlines()[1][:280],
+            "category": request.prompt.split("category ", 1)[1].split(",", 1)[0],
+            "root_cause_entity_id": props["root_cause_entity_id"]["enum"][0],
+            "root_cause": "as found by the analysis", "evidence": props["evidence"]["items"]["enum"][:2],
+            "steps": ["Follow the SOP."], "proposed_actions": actions,
+            "references": props["references"]["items"]["enum"][:1]}
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True)
