@@ -23,8 +23,6 @@ class IngestSettings(Settings):
     mqtt_rules_file: Path | None = env_field(
         None, help="YAML/JSON file of topic -> reading mapping rules; default: plant/<line>/<machine>/<metric>.")
     mqtt_keepalive_s: int = env_field(30, help="MQTT keepalive in seconds.")
-    mqtt_max_pending: int = env_field(
-        20000, help="Most MQTT messages received but not yet acknowledged (awaiting Kafka) held in memory.")
 
     # --- Sparkplug B host ---
     sparkplug_enabled: bool = env_field(True, help="Run the Sparkplug B host application (needs LINEGUARD_MQTT_URL).")
@@ -62,8 +60,6 @@ class IngestSettings(Settings):
         super().validate()
         if self.delivery_timeout_s <= 0:
             raise SettingsError("LINEGUARD_DELIVERY_TIMEOUT_S must be positive")
-        if self.mqtt_max_pending < 1:
-            raise SettingsError("LINEGUARD_MQTT_MAX_PENDING must be at least 1")
         if self.mqtt_url and not self.mqtt_url.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):
             raise SettingsError("LINEGUARD_MQTT_URL: expected mqtt://host:port or mqtts://host:port")
         for eui, codec in self.lorawan_codecs.items():

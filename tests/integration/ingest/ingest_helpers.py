@@ -119,7 +119,11 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict[
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, _json.loads(response.read() or b"{}")
+            raw = response.read() or b"{}"
+            try:
+                return response.status, _json.loads(raw)
+            except ValueError:
+                return response.status, {"raw": raw.decode("utf-8", "replace")}
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         try:

@@ -6,8 +6,9 @@ import json
 import time
 
 import pytest
-from ingest_helpers import TopicReader, publish_all, publisher
+from ingest_helpers import TopicReader, http, publish_all, publisher
 
+from lineguard.embedded import free_port
 from services.ingest.mqtt_adapter import MqttAdapter
 from services.ingest.pipeline import ALARMS, DEAD_LETTERS, READINGS, IngestPipeline
 
@@ -109,3 +110,53 @@ def test_kafka_outage_leaves_messages_unacknowledged_at_the_broker_until_it_reco
     readings = TopicReader(settings, READINGS).read_until(120)
     observed = {r.value["observed_at"] for r in readings}
     assert observed == {T0 + i * 1000 for i in range(120)}
+
+
+def test_ingest_killed_while_kafka_is_down_loses_nothing_the_broker_redelivers_after_restart(
+        ingest_settings, pausable_kafka, mosquitto_url):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = ingest_settings(kafka_bootstrap=pausable_kafka.bootstrap)
+    env = {**os.environ, "LINEGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix, "LINEGUARD_HTTP_PORT": "0",
+           "LINEGUARD_MQTT_URL": mosquitto_url, "LINEGUARD_MQTT_CLIENT_ID": "ingest-killed",
+           "LINEGUARD_SPARKPLUG_ENABLED": "false", "LINEGUARD_LOG_LEVEL": "WARNING"}
+    env.pop("LINEGUARD_SFTP_SOURCES_FILE", None)
+    root = Path(__file__).resolve().parents[3]
+
+    def start(port: int = 0) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=root,
+                                env={**env, "LINEGUARD_HTTP_PORT": str(port)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    client = publisher(mosquitto_url)
+    first = start()
+    second = None
+    try:
+        time.sleep(3)  # connected and subscribed: the persistent session exists from now on
+        pausable_kafka.pause()
+        publish_all(client, [reading_message(i) for i in range(60)])
+        time.sleep(1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        pausable_kafka.resume()
+        port = free_port()
+        second = start(port)
+        readings = TopicReader(settings, READINGS).read_until(60, timeout=40)
+        status, metrics = http("GET", f"http://127.0.0.1:{port}/metrics")
+    finally:
+        pausable_kafka.resume()
+        client.disconnect()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+    assert {r.value["observed_at"] for r in readings} == {T0 + i * 1000 for i in range(60)}
+    # The restarted process got them from the broker's session (not from the killed one's buffers).
+    received = [line for line in metrics["raw"].splitlines()
+                if line.startswith('lineguard_ingest_messages_received_total{adapter="mqtt"}')]
+    assert received and float(received[0].split()[-1]) >= 60
