@@ -27,8 +27,8 @@ COLUMNS: list[frozenset[str]] = [
     frozenset({"bubbled", "deformed"}),
     frozenset({"cracked", "bubbled", "deformed"}),
 ]
-TILE = 192
-LABEL = 30
+TILE = 160
+LABEL = 44
 
 
 def contact_sheet(seed: int = 5, detect: bool = False) -> Image.Image:
@@ -54,13 +54,14 @@ def contact_sheet(seed: int = 5, detect: bool = False) -> Image.Image:
                 detection = detector.detect(decode_image(png))
                 for defect in detection.defects:
                     draw.rectangle(defect.box, outline=(40, 220, 60), width=1)
-                found = "seen: " + (", ".join(sorted(detection.classes)) or "ok")
+                found = "seen: " + (", ".join(sorted(detection.classes)) or "good")
             x, y = c * TILE, r * (TILE + LABEL)
             sheet.paste(tile.resize((TILE, TILE), Image.Resampling.LANCZOS), (x, y))
             name = ", ".join(sorted(defects)) or "good"
-            pen.text((x + 4, y + TILE + 2), f"{conditions.name}: {name}", fill=(0, 0, 0))
+            pen.text((x + 4, y + TILE + 2), f"{conditions.name} camera", fill=(90, 90, 90))
+            pen.text((x + 4, y + TILE + 15), name, fill=(0, 0, 0))
             if found:
-                pen.text((x + 4, y + TILE + 15), found, fill=(0, 110, 0))
+                pen.text((x + 4, y + TILE + 28), found, fill=(0, 110, 0))
     return sheet
 
 
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detect", action="store_true", help="also draw the local detector's answer")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(args.seed, args.detect).save(args.out, optimize=True)
+    # a 256-colour palette keeps the committed file small; the cookies stay clearly readable
+    contact_sheet(args.seed, args.detect).quantize(256).save(args.out, optimize=True)
     print(f"wrote {args.out}")
 
 
