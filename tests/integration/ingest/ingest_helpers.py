@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
 
 from lineguard.avro import AvroSerde
 from lineguard.settings import Settings
+from simulator.sftp import start_sftp_server
 
 
 @dataclass
@@ -130,3 +133,33 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict[
             return exc.code, _json.loads(raw)
         except ValueError:
             return exc.code, {"raw": raw.decode("utf-8", "replace")}
+
+
+PASSWORD = "plc-secret"
+
+
+class SftpServer:
+    """The simulator's SFTP server on its own thread and loop, serving `root` on a free port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.loop = asyncio.new_event_loop()
+        self.port: int | None = None
+        ready = threading.Event()
+
+        async def start() -> None:
+            self.acceptor, self.port = await start_sftp_server(root, port=0, passwords={"lineguard": PASSWORD})
+            ready.set()
+
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(start(), self.loop)
+        assert ready.wait(10)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.acceptor.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

@@ -8,50 +8,21 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from ingest_helpers import RunningService, TopicReader
+from ingest_helpers import PASSWORD, RunningService, SftpServer, TopicReader
 
 from services.ingest.pipeline import DEAD_LETTERS, READINGS, IngestPipeline
 from services.ingest.service import IngestService
 from services.ingest.sftp_poller import SftpPoller, load_sources
-from simulator.sftp import CSV_COLUMNS, start_sftp_server
+from simulator.sftp import CSV_COLUMNS
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-PASSWORD = "plc-secret"
-
-
-class SftpServer:
-    """The simulator's SFTP server on its own thread and loop, serving `root` on a free port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.loop = asyncio.new_event_loop()
-        self.port: int | None = None
-        ready = threading.Event()
-
-        async def start() -> None:
-            self.acceptor, self.port = await start_sftp_server(root, port=0, passwords={"lineguard": PASSWORD})
-            ready.set()
-
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop)
-        assert ready.wait(10)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.acceptor.close()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture
