@@ -122,6 +122,10 @@ TABLES: dict[str, TableSpec] = {
 class LakeStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
+    def list_names(self, folder: str, start_after: str) -> list[str]:
+        """Names (not paths) directly in `folder` that sort after `start_after`, in order."""
+        ...
+
     def describe(self) -> str: ...
 
 
@@ -157,6 +161,13 @@ class LocalStore:
             finally:
                 os.close(fd)
 
+    def list_names(self, folder: str, start_after: str) -> list[str]:
+        try:
+            names = os.listdir(self.root / folder)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n > start_after and not n.startswith("."))
+
 
 class S3Store:
     """An S3 bucket and prefix (boto3 `put_object`; an object appears whole or not at all)."""
@@ -188,6 +199,14 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data,
                                ContentType="application/vnd.apache.parquet")
 
+    def list_names(self, folder: str, start_after: str) -> list[str]:
+        prefix = self.key(folder) + "/"
+        names: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, StartAfter=prefix + start_after):
+            names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+        return [n for n in names if "/" not in n]
+
 
 def open_store(lake_url: str | None, lake_dir: str | Path, endpoint_url: str | None = None,
                region: str | None = None) -> LakeStore:
@@ -199,11 +218,15 @@ def open_store(lake_url: str | None, lake_dir: str | Path, endpoint_url: str | N
 # --- the writer ---------------------------------------------------------------------------------------------
 
 
+MARKERS = "_segments"
+
+
 @dataclass(slots=True)
 class _Segment:
     start_offset: int
     first_time: int
     count: int = 0
+    end_offset: int = 0  # one past the last record's offset
     # (table, line_id, hour bucket) -> rows, in offset order
     files: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
 
@@ -224,6 +247,8 @@ class LakeWriter:
         self.compression = None if compression == "none" else compression
         self._segments: dict[tuple[str, int], _Segment] = {}
         self._next: dict[tuple[str, int], int] = {}
+        # (start, end) of the segments already durable, by end, as far as this writer knows (see _load_closed)
+        self._closed: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._hours: dict[int, tuple[str, str]] = {}
         self.objects_written = 0
         self.bytes_written = 0
@@ -247,8 +272,13 @@ class LakeWriter:
             found = rows(record)
             tp = (record.topic, record.partition)
             offset = record.offset
+            closed = self._closed.get(tp)
+            if closed is None:
+                closed = self._load_closed(tp, offset)
             if offset < self._next.get(tp, -1):
                 continue  # a rewound batch: this record is buffered or written already
+            if closed and offset < closed[-1][1] and _inside(closed, offset):
+                continue  # replayed, but its segment is durable already (see _load_closed)
             if found is None:
                 self._next[tp] = offset + 1
                 continue
@@ -274,6 +304,7 @@ class LakeWriter:
             row["raw_offset"] = offset
             rows_of_file.append(row)
             segment.count += 1
+            segment.end_offset = offset + 1
             self._next[tp] = offset + 1
             if segment.count >= self.max_rows:
                 self._close(tp, segment)
@@ -283,8 +314,12 @@ class LakeWriter:
         return {tp: segment.start_offset for tp, segment in self._segments.items()}
 
     def flush(self) -> None:
+        """Close every open segment (shutdown, partitions revoked). What this writer knows about partitions is
+        dropped: after a rebalance the next records of a partition reload its segment markers from the lake."""
         for tp, segment in list(self._segments.items()):
             self._close(tp, segment)
+        self._next.clear()
+        self._closed.clear()
         self._m_buffered.set(0)
 
     # --- internals ----------------------------------------------------------------------------------------------
@@ -307,8 +342,31 @@ class LakeWriter:
             self._hours[bucket] = found
         return found
 
+    def _marker_folder(self, tp: tuple[str, int]) -> str:
+        return f"{MARKERS}/{self.topic_prefix}{tp[0]}+{tp[1]}"
+
+    def _load_closed(self, tp: tuple[str, int], offset: int) -> list[tuple[int, int]]:
+        """The durable segments of a partition that end after `offset`, from their markers in the lake.
+
+        A segment closed early by a flush (shutdown, revocation) ends where the regular rule would not have
+        ended it. Should the commit after that flush be lost, the replay must not start a segment of its own in
+        the middle of the flushed one (a second object would hold the same rows): it skips what a marker says is
+        durable, whichever instance wrote it. Markers are named `<end>-<start>`, so one listing from `offset`
+        finds exactly the segments that matter."""
+        closed: list[tuple[int, int]] = []
+        for name in self._marker_names(tp, offset):
+            end, _, start = name.partition("-")
+            if end.isdigit() and start.isdigit():
+                closed.append((int(start), int(end)))
+        self._closed[tp] = closed
+        return closed
+
+    def _marker_names(self, tp: tuple[str, int], offset: int) -> list[str]:
+        return self.store.list_names(self._marker_folder(tp), f"{offset:019d}.")  # '.' sorts after '-'
+
     def _close(self, tp: tuple[str, int], segment: _Segment) -> None:
-        """Write every file of the segment; only then forget it (a failure keeps it for the retry)."""
+        """Write every file of the segment, then its marker; only then forget it (a failure keeps it for the
+        retry)."""
         started = time.perf_counter()
         topic, partition = tp
         for (table, line_id, bucket), rows in segment.files.items():
@@ -321,10 +379,26 @@ class LakeWriter:
             self._m_objects.labels(table).inc()
             self._m_bytes.labels(table).inc(len(data))
             self._m_rows.labels(table).inc(len(rows))
+        start, end = segment.start_offset, segment.end_offset
+        self.store.put(f"{self._marker_folder(tp)}/{end:019d}-{start:019d}", b"")
+        closed = self._closed.setdefault(tp, [])
+        closed.append((start, end))
+        if len(closed) > 64:
+            del closed[:32]
         del self._segments[tp]
         self._m_seconds.observe(time.perf_counter() - started)
         event(log, "lake_segment_written", topic=topic, partition=partition, start_offset=segment.start_offset,
               rows=segment.count, objects=len(segment.files), store=self.store.describe())
+
+
+def _inside(closed: list[tuple[int, int]], offset: int) -> bool:
+    """Whether `offset` lies in one of the (start, end) segments, which are ordered by end."""
+    for start, end in reversed(closed):
+        if offset >= end:
+            return False
+        if offset >= start:
+            return True
+    return False
 
 
 def encode_parquet(spec: TableSpec, rows: list[dict], compression: str | None = "snappy") -> bytes:

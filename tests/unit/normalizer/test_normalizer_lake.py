@@ -147,36 +147,49 @@ def test_a_failed_write_keeps_the_segment_held_and_the_retry_writes_it(tmp_path:
     assert sorted(o for _, _, o in lake_rows(tmp_path)) == list(range(6))
 
 
-def crash_and_replay(root: Path, records: dict[int, list[Record]], seed: int, crashes: int) -> None:
-    """Simulate the consumer loop: random batches, lagging commits, SIGKILL at random points, replay."""
+def crash_and_replay(root: Path, records: dict[int, list[Record]], seed: int, crashes: int,
+                     revokes: int = 0, rewinds: int = 0) -> None:
+    """Simulate the consumer loop against the lake writer: random batches, lagging auto-commits, SIGKILL at
+    random points (buffers and uncommitted offsets lost), revocations (flush, then a commit that may be lost,
+    then the partitions go to this or another instance), and rewound batches (outputs not acknowledged)."""
     rng = random.Random(seed)
     topic = "raw.telemetry.v1"
     committed = dict.fromkeys(records, 0)
-    crashes_left = crashes
-    while True:
-        lake = writer(LocalStore(root), max_rows=4, rotate_interval_ms=45_000)
-        position = dict(committed)
-        stored = dict(committed)
-        crashed = False
-        while any(position[p] < len(records[p]) for p in records):
-            batch: list[Record] = []
-            for p in records:
-                n = rng.randint(0, 5)
-                batch += records[p][position[p]:position[p] + n]
-                position[p] = min(len(records[p]), position[p] + n)
-            lake.write(batch)
-            held = lake.held_offsets()
-            for p in records:  # the loop stores min(next offset, held offset)
-                stored[p] = min(position[p], held.get((topic, p), position[p]))
-            if rng.random() < 0.3:  # auto-commit runs now and then
-                committed = dict(stored)
-            if crashes_left and rng.random() < 0.15:
-                crashes_left -= 1
-                crashed = True
-                break  # SIGKILL: buffered rows and uncommitted offsets are lost
-        if not crashed:
+    lake = writer(LocalStore(root, fsync=False), max_rows=4, rotate_interval_ms=45_000)
+    position = dict(committed)
+    stored = dict(committed)
+    while any(position[p] < len(records[p]) for p in records):
+        batch: list[Record] = []
+        batch_start = dict(position)
+        for p in records:
+            n = rng.randint(0, 5)
+            batch += records[p][position[p]:position[p] + n]
+            position[p] = min(len(records[p]), position[p] + n)
+        lake.write(batch)
+        if rewinds and rng.random() < 0.1:  # a delivery failed: seek back, store nothing, process again
+            rewinds -= 1
+            position = batch_start
+            continue
+        held = lake.held_offsets()
+        for p in records:  # the loop stores min(next offset, held offset)
+            stored[p] = min(position[p], held.get((topic, p), position[p]))
+        if rng.random() < 0.3:  # auto-commit runs now and then
+            committed = dict(stored)
+        if crashes and rng.random() < 0.1:  # SIGKILL: buffers and uncommitted offsets are lost
+            crashes -= 1
+            lake = writer(LocalStore(root, fsync=False), max_rows=4, rotate_interval_ms=45_000)
+            position = dict(committed)
+            stored = dict(committed)
+        elif revokes and rng.random() < 0.1:  # rebalance: flush, store positions, commit synchronously
+            revokes -= 1
             lake.flush()
-            return
+            if rng.random() < 0.5:
+                committed = dict(position)  # else the commit is lost
+            if rng.random() < 0.5:  # the partitions go to another instance
+                lake = writer(LocalStore(root, fsync=False), max_rows=4, rotate_interval_ms=45_000)
+            position = dict(committed)
+            stored = dict(committed)
+    lake.flush()
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -186,6 +199,28 @@ def test_every_row_lands_exactly_once_despite_crashes_and_replays(tmp_path: Path
     rows = lake_rows(tmp_path)
     expected = sorted(("raw.telemetry.v1", p, r.offset) for p in records for r in records[p])
     assert sorted(rows) == expected  # no loss, no duplicate
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exactly_once_survives_rebalances_with_lost_commits_and_rewinds(tmp_path: Path, seed: int) -> None:
+    records = {p: make_records(p, 80, step_ms=5000 + 1000 * p) for p in range(3)}
+    crash_and_replay(tmp_path, records, seed, crashes=3, revokes=4, rewinds=3)
+    rows = lake_rows(tmp_path)
+    expected = sorted(("raw.telemetry.v1", p, r.offset) for p in records for r in records[p])
+    assert sorted(rows) == expected  # no loss, no duplicate
+
+
+def test_a_flushed_segment_is_skipped_by_the_next_owner_when_the_commit_was_lost(tmp_path: Path) -> None:
+    first = writer(LocalStore(tmp_path), max_rows=4)
+    first.write(make_records(0, 10))  # segments [0,4), [4,8) written, [8,10) open
+    first.flush()  # revoked: [8,10) closed early; the commit of 10 is lost, so the group still has 4... or 8
+    markers = sorted(p.name for p in (tmp_path / "_segments" / "raw.telemetry.v1+0").iterdir())
+    assert markers == ["0000000000000000004-0000000000000000000", "0000000000000000008-0000000000000000004",
+                       "0000000000000000010-0000000000000000008"]
+    second = writer(LocalStore(tmp_path), max_rows=4)  # another instance replays from 5
+    second.write(make_records(0, 20)[5:])
+    second.flush()
+    assert sorted(o for _, _, o in lake_rows(tmp_path)) == list(range(20))
 
 
 def test_every_table_encodes_a_real_normalizer_row() -> None:
@@ -235,7 +270,10 @@ def test_s3_store_writes_the_same_keys_under_the_prefix() -> None:
         lake = writer(S3Store("s3://lake/plant1/", client=client), max_rows=100)
         lake.write(make_records(0, 3))
         lake.flush()
-        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"])
+        everything = sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"])
+        keys = [k for k in everything if k.endswith(".parquet")]
+        assert set(everything) - set(keys) == {
+            "plant1/_segments/raw.telemetry.v1+0/0000000000000000003-0000000000000000000"}
         assert keys == [
             "plant1/observations/line_id=line1/date=2025-11-29/hour=07/raw.telemetry.v1+0+0000000000000000000.parquet",
             "plant1/observations/line_id=line2/date=2025-11-29/hour=07/raw.telemetry.v1+0+0000000000000000000.parquet",
