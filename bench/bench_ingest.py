@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -97,8 +98,8 @@ def preload(address: BrokerAddress, batch: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
-def bench_bare(address: BrokerAddress, n_readings: int, per_message: int) -> float:
-    """Readings per second through the bare client (messages/s x readings per message)."""
+def bench_bare(address: BrokerAddress, n_readings: int, per_message: int) -> tuple[float, float]:
+    """Readings per second through the bare client (messages/s x readings per message), CPU s per reading."""
     client_id = f"bench-bare-{per_message}"
     register_session(address, client_id)
     batch = messages(n_readings, "bare", per_message)
@@ -118,20 +119,20 @@ def bench_bare(address: BrokerAddress, n_readings: int, per_message: int) -> flo
             done.set()
 
     client.on_message = on_message
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     client.connect(address.host, address.port)
     client.loop_start()
     if not done.wait(300):
         raise RuntimeError(f"bare client received {count} of {n}")
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     client.disconnect()
     client.loop_stop()
-    return n * per_message / elapsed
+    return n * per_message / elapsed, cpu / (n * per_message)
 
 
 def bench_ingest(address: BrokerAddress, url: str, bootstrap: str, n_readings: int,
-                 per_message: int) -> tuple[float, float]:
-    """Readings per second acknowledged after Kafka delivery, and the mean ack lag per message."""
+                 per_message: int) -> tuple[float, float, float]:
+    """Readings per second acknowledged after Kafka delivery, mean ack lag per message, CPU s per reading."""
     prefix = f"bench{per_message}."
     settings = IngestSettings.from_env(environ={}, kafka_bootstrap=bootstrap, topic_prefix=prefix,
                                        log_level="WARNING")
@@ -144,12 +145,12 @@ def bench_ingest(address: BrokerAddress, url: str, bootstrap: str, n_readings: i
     n = len(batch)
     preload(address, batch)
     adapter = MqttAdapter(pipeline, url, [TOPIC_FILTER], client_id)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     adapter.start()
     deadline = time.monotonic() + 300
     while adapter.stats["acknowledged"] < n and time.monotonic() < deadline:
         time.sleep(0.01)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     acknowledged = adapter.stats["acknowledged"]
     lag = pipeline.metrics.ack_lag.labels("mqtt")
     lag_sum = lag._sum.get()
@@ -160,7 +161,7 @@ def bench_ingest(address: BrokerAddress, url: str, bootstrap: str, n_readings: i
     produced = pipeline.metrics.produced.labels("mqtt", "raw.telemetry.v1")._value.get()
     if produced < n * per_message:
         raise RuntimeError(f"Kafka acknowledged {produced} of {n * per_message} readings")
-    return n * per_message / elapsed, lag_sum / n
+    return n * per_message / elapsed, lag_sum / n, cpu / (n * per_message)
 
 
 def main() -> int:
@@ -186,19 +187,25 @@ def main() -> int:
         address = BrokerAddress.parse(url)
         results = []
         for per_message in (1, args.batch):
-            bare = bench_bare(address, args.readings, per_message)
-            ingest, mean_lag = bench_ingest(address, url, bootstrap, args.readings, per_message)
-            results.append((per_message, bare, ingest, mean_lag))
+            bare, bare_cpu = bench_bare(address, args.readings, per_message)
+            ingest, mean_lag, ingest_cpu = bench_ingest(address, url, bootstrap, args.readings, per_message)
+            results.append((per_message, bare, ingest, mean_lag, bare_cpu, ingest_cpu))
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(10)
-    print(f"readings per measurement: {args.readings}; Mosquitto max_inflight_messages 1000; Tansu (memory)")
-    print(f"{'readings/message':>18} {'bare client':>14} {'ingest':>14} {'ratio':>7} {'mean ack lag':>13}  budget")
-    for per_message, bare, ingest, mean_lag in results:
+    load = os.getloadavg()[0]
+    print(f"readings per measurement: {args.readings}; Mosquitto max_inflight_messages 1000; Tansu (memory); "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} at the end")
+    print(f"{'readings/message':>18} {'bare client':>14} {'ingest':>14} {'ratio':>7} {'mean ack lag':>13} "
+          f"{'CPU/reading bare':>17} {'ingest':>9}  budget")
+    for per_message, bare, ingest, mean_lag, bare_cpu, ingest_cpu in results:
         verdict = "met" if ingest >= BUDGET else "NOT met"
         print(f"{per_message:>18} {bare:>10,.0f} r/s {ingest:>10,.0f} r/s {ingest / bare:>7.2f} "
-              f"{mean_lag * 1000:>10.1f} ms  {BUDGET:,} r/s {verdict}")
+              f"{mean_lag * 1000:>10.1f} ms {bare_cpu * 1e6:>14.1f} µs {ingest_cpu * 1e6:>6.1f} µs  "
+              f"{BUDGET:,} r/s {verdict}")
+    if load > (os.cpu_count() or 1):
+        print("note: the machine was busier than its CPU count; the rates above are lower than on an idle machine")
     return 0
 
 

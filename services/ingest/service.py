@@ -105,7 +105,7 @@ class IngestService:
             if self.sparkplug is not None:
                 await asyncio.to_thread(self.sparkplug.stop)
             await runner.cleanup()
-            remaining = await asyncio.to_thread(self.pipeline.close, 10.0)
+            remaining = await asyncio.to_thread(self.pipeline.close, 5.0)  # within a 15 s grace period
             event(log, "ingest_stopped", undelivered=remaining)
 
     def _adapters_ready(self) -> tuple[bool, str]:

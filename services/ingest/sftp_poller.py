@@ -287,10 +287,12 @@ def parse_csv(src: SftpSource, path: str, content: bytes, sha256: str, received_
 
 
 class Ledger:
-    """Processed files, one JSON object a line; rewritten atomically (temporary file, fsync, rename)."""
+    """Processed files, one JSON object a line; rewritten atomically (temporary file, fsync, rename). The oldest
+    entries beyond `max_entries` are dropped (their files were moved to done long ago)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_entries: int = 50000) -> None:
         self.path = Path(path)
+        self.max_entries = max_entries
         self.entries: list[dict] = []
         self._keys: set[tuple[str, str, int, str]] = set()
         if self.path.exists():
@@ -314,6 +316,10 @@ class Ledger:
     def add(self, entry: dict) -> None:
         self.entries.append(entry)
         self._keys.add(self._key(entry))
+        if len(self.entries) > self.max_entries:
+            for old in self.entries[:-self.max_entries]:
+                self._keys.discard(self._key(old))
+            self.entries = self.entries[-self.max_entries:]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with temporary.open("w", encoding="utf-8") as handle:
@@ -370,9 +376,10 @@ class SftpPoller:
                         break
                     try:
                         await self.poll(src)
-                    except (OSError, asyncssh.Error) as exc:
+                    except Exception as exc:  # noqa: BLE001 - one source's trouble never stops the poller
                         self.stats["failures"] += 1
-                        await self._drop_connection(src)
+                        with contextlib.suppress(Exception):
+                            await self._drop_connection(src)
                         event(log, "sftp_poll_failed", level=30, source=src.name, host=src.host,
                               error=f"{type(exc).__name__}: {exc}"[:300])
                 with contextlib.suppress(TimeoutError):

@@ -97,3 +97,11 @@ def test_fuzzed_files_give_valid_readings_or_reasoned_dead_letters(content):
         SERDE.encode(record.topic, record.value)
     assert all(letter.reason for letter in parsed.dead_letters)
     assert parsed.records or parsed.dead_letters or parsed.rows > 0
+
+
+def test_ledger_keeps_the_newest_entries_only(tmp_path: Path):
+    ledger = Ledger(tmp_path / "ledger.jsonl", max_entries=3)
+    for i in range(5):
+        ledger.add({"source": "s", "name": f"{i}.csv", "size": 1, "sha256": "x"})
+    assert [e["name"] for e in Ledger(tmp_path / "ledger.jsonl").entries] == ["2.csv", "3.csv", "4.csv"]
+    assert ("s", "0.csv", 1, "x") not in ledger and ("s", "4.csv", 1, "x") in ledger
