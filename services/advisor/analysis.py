@@ -275,7 +275,7 @@ class Analyzer:
         out: list[Finding] = []
         last_seen = dict(history.last_seen) if history else {}
         intervals = dict(history.interval_ms) if history else {}
-        for entity, (_, last_at) in window.entities.items():
+        for entity, (_, last_at, _reports) in window.entities.items():
             last_seen[entity] = max(last_seen.get(entity, 0), last_at)
         for station in window.stations.values():
             key = f"station:{station.station}"
@@ -286,9 +286,11 @@ class Analyzer:
                 seen_at = last_seen.get(key)
                 if seen_at is None:
                     continue  # never heard of: not silent, just not reporting yet
-                count = window.entities.get(key, [0, 0])[0] if not key.startswith("station:") else (
+                count = window.entities.get(key, [0, 0, 0])[2] if not key.startswith("station:") else (
                     window.stations[machine.id].items if machine.id in window.stations else 0)
                 usual = intervals.get(key) or ((window.end_ms - window.start_ms) / count if count >= 2 else 0.0)
+                if not usual:
+                    continue  # reported once so far: how often it reports is not known yet
                 allowed = max(th.silence_after_ms, 3 * usual)
                 quiet_ms = window.end_ms - seen_at
                 if quiet_ms > allowed:

@@ -163,7 +163,7 @@ class LineWindow:
     states: dict[str, StateStats] = field(default_factory=dict)
     alarms: dict[str, AlarmStats] = field(default_factory=dict)
     stations: dict[str, StationStats] = field(default_factory=dict)
-    # entity id -> [readings, last observedAt]
+    # entity id -> [readings, last observedAt, distinct report times] (a batch of readings at one time is one report)
     entities: dict[str, list[int]] = field(default_factory=dict)
     events: int = 0
     # Ids already folded in (bounded by the window's size); a replayed record is ignored.
@@ -202,9 +202,11 @@ class LineWindow:
             stats.add(float(value), at)
         seen = self.entities.get(entity)
         if seen is None:
-            self.entities[entity] = [1, at]
+            self.entities[entity] = [1, at, 1]
         else:
             seen[0] += 1
+            if at != seen[1]:
+                seen[2] += 1
             seen[1] = max(seen[1], at)
         self.events += 1
         return True
@@ -269,7 +271,7 @@ class LineWindow:
             states={k: StateStats(**v) for k, v in raw.get("states", {}).items()},
             alarms={k: AlarmStats(**v) for k, v in raw.get("alarms", {}).items()},
             stations={k: StationStats(**v) for k, v in raw.get("stations", {}).items()},
-            entities={k: list(v) for k, v in raw.get("entities", {}).items()},
+            entities={k: (list(v) + [v[0]])[:3] for k, v in raw.get("entities", {}).items()},
             seen_ids=set(raw.get("seen_ids", ())),
         )
 
@@ -290,7 +292,7 @@ class LineHistory:
     interval_ms: dict[str, float] = field(default_factory=dict)
 
     def update(self, window: LineWindow) -> None:
-        for entity, (count, last_at) in window.entities.items():
+        for entity, (_, last_at, count) in window.entities.items():
             previous = self.last_seen.get(entity)
             if count >= 2:
                 # An average gap within the window; close enough for a silence threshold.
@@ -306,6 +308,10 @@ class LineHistory:
         for station in window.stations.values():
             key = f"station:{station.station}"
             self.last_seen[key] = max(self.last_seen.get(key, 0), station.last_at)
+            if station.items >= 2:
+                gap = max(1, window.end_ms - window.start_ms) / station.items
+                old = self.interval_ms.get(key)
+                self.interval_ms[key] = gap if old is None else 0.5 * old + 0.5 * gap
 
     def to_dict(self) -> dict[str, Any]:
         return {"last_seen": dict(self.last_seen), "interval_ms": dict(self.interval_ms)}
