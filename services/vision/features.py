@@ -88,6 +88,10 @@ def _bbox(mask: np.ndarray, factor: int = 1) -> list[int] | None:
     return [int(cols[0]) * factor, int(rows[0]) * factor, int(cols[-1] + 1) * factor, int(rows[-1] + 1) * factor]
 
 
+def _offset(box: list[int] | None, dx: int, dy: int) -> list[int] | None:
+    return None if box is None else [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
+
+
 def _blur_u8(image: np.ndarray, radius: int) -> np.ndarray:
     """Box mean of a uint8 image over a (2r+1) x (2r+1) window (Pillow, in C), as uint8."""
     return np.asarray(Image.fromarray(image, mode="L").filter(ImageFilter.BoxBlur(radius)))
@@ -158,11 +162,20 @@ def analyse(pixels: np.ndarray) -> Analysis:
     interior_half = _shrink(mask, 3)
     if np.count_nonzero(interior_half) < 12:
         raise NoCookieError("the object in the image is too small to be a cookie")
-    interior = interior_half.repeat(2, axis=0).repeat(2, axis=1)
+    # full-resolution work happens only in the cookie's box (plus a margin of belt): a quarter of the frame
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    margin = 6
+    hy0, hy1 = max(0, int(rows[0]) - margin), min(mask.shape[0], int(rows[-1]) + 1 + margin)
+    hx0, hx1 = max(0, int(cols[0]) - margin), min(mask.shape[1], int(cols[-1]) + 1 + margin)
+    crop_half = (slice(hy0, hy1), slice(hx0, hx1))
+    crop = (slice(2 * hy0, 2 * hy1), slice(2 * hx0, 2 * hx1))
+    interior = interior_half[crop_half].repeat(2, axis=0).repeat(2, axis=1)
+    luma_crop = luma[crop]
 
     # 4. bake
     dough_half = half[interior_half]
-    dough_level = max(float(np.median(luma[interior])), 8.0)
+    dough_level = max(float(np.median(luma_crop[interior])), 8.0)
     red_blue = float(np.median(dough_half[:, 0] - dough_half[:, 2]))
     noise_relative = noise / dough_level
 
@@ -191,10 +204,10 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # blisters are near white at their top (clipped to white in over-exposed frames); dough never is
     clipped = np.minimum(np.minimum(half_raw[..., 0], half_raw[..., 1]), half_raw[..., 2]) > 235.0
     white_half = ((lowest > 160.0) | clipped) & interior_half
-    near_bubble = _grow(bubble_high_half, 3).repeat(2, axis=0).repeat(2, axis=1)
+    near_bubble = _grow(bubble_high_half, 3)[crop_half].repeat(2, axis=0).repeat(2, axis=1)
 
     # 5. cracks: darker than both sides along one of four directions, in grey levels relative to the dough
-    capped = np.minimum(luma, np.uint8(min(255, 1.3 * dough_level)))
+    capped = np.minimum(luma_crop, np.uint8(min(255, 1.3 * dough_level)))
     centre = _blur_u8(capped, 1).astype(np.int16)
     sides = _blur_u8(capped, 2).astype(np.int16)
     d = max(2, round(_CRACK_OFFSET * scale))
@@ -235,6 +248,6 @@ def analyse(pixels: np.ndarray) -> Analysis:
     return Analysis(
         features=features,
         cookie_box=_bbox(mask, 2) or [0, 0, width, height],
-        crack_box=_bbox(crack_dense),
+        crack_box=_offset(_bbox(crack_dense), 2 * hx0, 2 * hy0),
         bubble_box=bubble_box,
     )
