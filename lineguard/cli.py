@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from lineguard.avro import AvroSerde, RecordMismatchError, SerdeError
 from lineguard.catalog import CatalogError, admin_client, bootstrap_topics, load_catalog
-from lineguard.kafka import Producer
+from lineguard.kafka import Producer, client_security
 from lineguard.settings import Settings, SettingsError
 
 
@@ -50,7 +50,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings(args)
     catalog = load_catalog(settings.schemas_dir)
-    admin = admin_client(settings.kafka_bootstrap, settings.kafka_security)
+    admin = admin_client(settings.kafka_bootstrap, client_security(settings))
     if args.action == "create":
         report = bootstrap_topics(admin, catalog, settings.topic_prefix, timeout=args.timeout,
                                   replication_factor=args.replication_factor,
@@ -93,7 +93,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                       settings.topic_prefix)
     full = settings.topic(topic)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"lineguard-tail-{uuid.uuid4()}",
-                         "enable.auto.commit": False, **settings.kafka_security})
+                         "enable.auto.commit": False, **client_security(settings)})
     try:
         metadata = consumer.list_topics(full, timeout=10)
         topic_meta = metadata.topics.get(full)

@@ -50,6 +50,31 @@ def _key_bytes(key: str | bytes | None) -> bytes | None:
     return key.encode("utf-8")
 
 
+def client_security(settings: Settings) -> dict[str, Any]:
+    """Security settings for every librdkafka client: LINEGUARD_KAFKA_SECURITY, plus MSK IAM when configured."""
+    conf: dict[str, Any] = dict(settings.kafka_security)
+    if settings.kafka_msk_iam_region:
+        conf.setdefault("security.protocol", "SASL_SSL")
+        conf["sasl.mechanism"] = "OAUTHBEARER"
+        conf["oauth_cb"] = msk_iam_token_callback(settings.kafka_msk_iam_region)
+    return conf
+
+
+def msk_iam_token_callback(region: str) -> Callable[[str], tuple[str, float]]:
+    """An OAUTHBEARER token callback for Amazon MSK IAM auth (token signed with the current AWS credentials)."""
+    try:
+        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+    except ImportError as exc:  # pragma: no cover - depends on installed extras
+        raise RuntimeError("LINEGUARD_KAFKA_MSK_IAM_REGION is set but the signer is missing: "
+                           "pip install 'lineguard[aws]'") from exc
+
+    def token(_config: str) -> tuple[str, float]:
+        value, expiry_ms = MSKAuthTokenProvider.generate_auth_token(region)
+        return value, expiry_ms / 1000.0  # librdkafka wants seconds since the epoch
+
+    return token
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -62,7 +87,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "message.timeout.ms": 30000,
         "queue.buffering.max.messages": 200000,
     }
-    conf.update(settings.kafka_security)
+    conf.update(client_security(settings))
     conf.update(overrides)
     return conf
 
@@ -309,7 +334,7 @@ class ConsumerLoop:
             "session.timeout.ms": self.settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": max(500, self.settings.kafka_session_timeout_ms // 3),
             "partition.assignment.strategy": "range",
-            **self.settings.kafka_security,
+            **client_security(self.settings),
             **self.consumer_overrides,
         }
         self.consumer = Consumer(conf)

@@ -108,6 +108,8 @@ class Settings:
     kafka_security: dict[str, str] = env_field(
         {}, help="Extra librdkafka settings as key=value pairs (e.g. security.protocol=SASL_SSL,sasl.mechanism=...).",
         secret=True)
+    kafka_msk_iam_region: str | None = env_field(
+        None, help="Amazon MSK with IAM auth: the AWS region; signs SASL/OAUTHBEARER tokens with the pod's role.")
     kafka_session_timeout_ms: int = env_field(6000, help="Consumer group session timeout; keep near 6000 on Tansu.")
     topic_prefix: str = env_field("", help="Prefix in front of every topic name (e.g. 'plant1.').")
     schema_registry_url: str | None = env_field(

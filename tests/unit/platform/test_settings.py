@@ -67,3 +67,19 @@ def test_describe_lists_every_variable_with_help():
     rows = {var: help_text for var, _, help_text in DemoSettings.describe()}
     assert rows["LINEGUARD_DEMO_BATCH"] == "batch size"
     assert "LINEGUARD_KAFKA_BOOTSTRAP" in rows
+
+
+def test_msk_iam_region_adds_an_oauthbearer_token_callback(monkeypatch):
+    from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+
+    from lineguard.kafka import client_security
+
+    calls = []
+    monkeypatch.setattr(MSKAuthTokenProvider, "generate_auth_token",
+                        staticmethod(lambda region: calls.append(region) or ("signed-token", 1_800_000_000_000)))
+    s = Settings.from_env(environ={"LINEGUARD_KAFKA_MSK_IAM_REGION": "eu-central-1"})
+    conf = client_security(s)
+    assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "OAUTHBEARER"
+    assert conf["oauth_cb"]("") == ("signed-token", 1_800_000_000.0)
+    assert calls == ["eu-central-1"]
+    assert client_security(Settings.from_env(environ={})) == {}
