@@ -16,6 +16,7 @@ uneven gradient), blur, sensor noise, scale (distance to the belt) and position 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 from dataclasses import dataclass, field
@@ -323,7 +324,11 @@ class CameraEmitter:
     ) -> None:
         import aiohttp
 
-        png, truth = render_cookie(frozenset(defects), self.rng, self.size, self.conditions)
+        # the seed is drawn here, in call order, so a run stays reproducible; the rendering (10-20 ms) runs in a
+        # thread so the simulator's event loop keeps its pace
+        image_rng = np.random.default_rng(int(self.rng.integers(0, 2**63 - 1)))
+        png, truth = await asyncio.to_thread(render_cookie, frozenset(defects), image_rng, self.size,
+                                             self.conditions)
         self.ground_truth[item_id] = truth
         form = aiohttp.FormData()
         form.add_field("line_id", line_id)

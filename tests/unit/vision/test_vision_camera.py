@@ -89,3 +89,37 @@ def test_random_defects_mixes_good_and_multiple():
     assert 150 < good < 250
     assert any(len(s) >= 2 for s in sets)
     assert {c for s in sets for c in s} == set(DEFECT_CLASSES)
+
+
+def test_emitter_posts_multipart_and_reports_refusals():
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from simulator.camera import CameraEmitter
+
+    received: list[dict] = []
+
+    async def intake(request: web.Request) -> web.Response:
+        form = await request.post()
+        received.append({k: (v.file.read() if hasattr(v, "file") else v) for k, v in form.items()})
+        return web.json_response({}, status=200 if form["item_id"] != "refused" else 422)
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/images", intake)
+        async with TestServer(app) as server:
+            emitter = CameraEmitter(str(server.make_url("/v1/images")), rng=np.random.default_rng(4))
+            await emitter.emit("line1", "detector", "i1", "2026-11-29T12:00:00.000Z", frozenset({"burnt"}))
+            with pytest.raises(RuntimeError, match="HTTP 422"):
+                await emitter.emit("line1", "detector", "refused", "2026-11-29T12:00:01.000Z", frozenset())
+            await emitter.close()
+            assert emitter.sent == 1 and emitter.failed == 1
+            assert [t["class"] for t in emitter.ground_truth["i1"]] == ["burnt"]
+
+    asyncio.run(scenario())
+    first = received[0]
+    assert first["line_id"] == "line1" and first["station"] == "detector" and first["item_id"] == "i1"
+    assert first["captured_at"] == "2026-11-29T12:00:00.000Z"
+    assert Image.open(io.BytesIO(first["image"])).size == (256, 256)
