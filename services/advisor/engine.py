@@ -1,8 +1,9 @@
 """Tumbling windows per line, triggers and their rate limits: pure state, no Kafka.
 
-`WindowEngine.add(state, kind, record)` folds one unified record into the line's state and returns what became
-due: the scheduled evaluation of a window whose end (plus a grace for late records) the line's event time has
-passed, or an immediate one (critical alarm, defect spike, silence). Everything is driven by event time, so a
+`WindowEngine.add(state, kind, record)` folds one unified record into the line's state and returns the immediate
+evaluations it fired (critical alarm, defect spike); `advance(state, lagging)` moves the line's watermark and
+returns the scheduled evaluations of the windows whose end (plus a grace for late records) it passed, and a
+silence evaluation when a machine stopped reporting. Everything is driven by event time, so a
 replay of the same records after a crash reaches the same windows, the same triggers at the same records, and
 the same recommendation ids. Wall-clock time is used only to close the windows of a line that stopped sending
 anything at all (`close_idle`).
@@ -62,7 +63,8 @@ class LineState:
     line_id: str
     windows: dict[int, LineWindow] = field(default_factory=dict)
     history: LineHistory = field(default_factory=LineHistory)
-    watermark: int = 0
+    watermark: int = 0  # event time up to which the inputs are complete
+    stream_max: dict[str, int] = field(default_factory=dict)  # newest event time per input kind
     closed_before: int = 0  # records older than this belong to closed windows: late, dropped
     fired: dict[str, int] = field(default_factory=dict)  # "<window start>|<trigger>" -> event time
     last_immediate: dict[str, int] = field(default_factory=dict)
@@ -75,6 +77,7 @@ class LineState:
         return {
             "line_id": self.line_id, "windows": {str(k): w.to_dict() for k, w in self.windows.items()},
             "history": self.history.to_dict(), "watermark": self.watermark, "closed_before": self.closed_before,
+            "stream_max": dict(self.stream_max),
             "fired": dict(self.fired), "last_immediate": dict(self.last_immediate),
             "pending": {k: d.to_dict() for k, d in self.pending.items()}, "done": list(self.done),
             "silence_checked_at": self.silence_checked_at, "late_records": self.late_records,
@@ -87,6 +90,7 @@ class LineState:
             windows={int(k): LineWindow.from_dict(w) for k, w in raw.get("windows", {}).items()},
             history=LineHistory.from_dict(raw.get("history")), watermark=int(raw.get("watermark", 0)),
             closed_before=int(raw.get("closed_before", 0)), fired=dict(raw.get("fired", {})),
+            stream_max=dict(raw.get("stream_max", {})),
             last_immediate=dict(raw.get("last_immediate", {})),
             pending={k: Due.from_dict(d) for k, d in raw.get("pending", {}).items()},
             done=deque(raw.get("done", [])), silence_checked_at=int(raw.get("silence_checked_at", 0)),
@@ -106,6 +110,7 @@ class WindowEngine:
         self.config = config or EngineConfig()
 
     def add(self, state: LineState, kind: str, record: dict[str, Any]) -> list[Due]:
+        """Fold one record; returns the immediate evaluations it fired (windows close in `advance`)."""
         at = event_time(kind, record)
         if at < state.closed_before:
             state.late_records += 1
@@ -116,22 +121,42 @@ class WindowEngine:
             window = state.windows[start] = LineWindow(state.line_id, start, end)
         if not window.add(kind, record):
             return []  # a replayed record: already counted
-        state.watermark = max(state.watermark, at)
-        due: list[Due] = []
+        state.stream_max[kind] = max(state.stream_max.get(kind, 0), at)
         if kind == "alarms" and record.get("severity") == "critical" and record.get("state") == "active":
-            due += self._fire(state, window, "critical_alarm", at)
-        elif kind == "inspections":
+            return self._fire(state, window, "critical_alarm", at)
+        if kind == "inspections":
             station = window.stations.get(record["station"])
             if station is not None and any(
                     count >= self.config.spike_min_count and count / station.items >= self.config.spike_rate
                     for count in station.by_class.values()):
-                due += self._fire(state, window, "defect_spike", at)
+                return self._fire(state, window, "defect_spike", at)
+        return []
+
+    def advance(self, state: LineState, lagging: set[str] | frozenset[str] = frozenset()) -> list[Due]:
+        """Move the line's watermark and close the windows it passed; check for silence.
+
+        The watermark is the event time up to which every input is complete: the slowest of the inputs that
+        still have unread records (`lagging`, e.g. a topic whose consumer has not caught up), or the newest
+        event time when none has. So a window does not close while records for it wait in another topic."""
+        if not state.stream_max:
+            return []
+        held = [state.stream_max.get(kind, 0) for kind in lagging]
+        watermark = min(held) if held else max(state.stream_max.values())
+        if watermark <= state.watermark:
+            return []
+        state.watermark = watermark
+        due: list[Due] = []
         if state.watermark - state.silence_checked_at >= self.config.silence_check_every_ms:
             state.silence_checked_at = state.watermark
-            if self._silent(state, window):
-                due += self._fire(state, window, "silence", state.watermark)
+            latest = state.windows.get(window_bounds(state.watermark, self.config.window_ms)[0])
+            if latest is not None and self._silent(state, latest):
+                due += self._fire(state, latest, "silence", state.watermark)
         due += self._close_ready(state)
         return due
+
+    def add_and_advance(self, state: LineState, kind: str, record: dict[str, Any]) -> list[Due]:
+        """Both, for a single ordered stream of records (tests, the scenario suite, the benchmark)."""
+        return self.add(state, kind, record) + self.advance(state)
 
     def close_idle(self, state: LineState, idle_for_ms: int) -> list[Due]:
         """The line sent nothing for `idle_for_ms` of wall-clock time: close its open windows now."""

@@ -199,7 +199,7 @@ class Advisor:
 
     async def recommend(self, window: LineWindow, history: LineHistory | None, trigger: str,
                         setpoints: dict[tuple[str, str], float] | None = None, now_ms: int | None = None,
-                        window_end: int | None = None) -> Outcome:
+                        window_end: int | None = None, rec_id: str | None = None) -> Outcome:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r} (known: {', '.join(TRIGGERS)})")
         analysis = self.analyzer.analyse(window, history, setpoints)
@@ -207,7 +207,7 @@ class Advisor:
             analysis.window_end = window_end
         query = analysis.query_terms()
         hits = self.retriever.search(query, limit=3) if query else []
-        rec_id = recommendation_id(window.line_id, window.start_ms, window.end_ms, trigger)
+        rec_id = rec_id or recommendation_id(window.line_id, window.start_ms, window.end_ms, trigger)
         created = now_ms if now_ms is not None else int(time.time() * 1000)
         provider = self.provider_name
         if provider == "analysis" or (analysis.category == "none" and not self.model_on_normal):
