@@ -165,7 +165,7 @@ def normalizer_loop(settings: Settings, expected: int, lake_dir: Path) -> tuple[
     normalizer = Normalizer(load_plant(default_plant_path()))
     pipeline = Pipeline(normalizer, settings.service_name)
     lake = LakeWriter(LocalStore(lake_dir), pipeline.lake_row, topic_prefix=settings.topic_prefix,
-                      max_rows=100_000, rotate_interval_ms=600_000, service=settings.service_name)
+                      max_rows=100_000, rotate_interval_ms=600_000, service=settings.service_name, background=True)
     first: list[float] = []
 
     def handle(record: Record):

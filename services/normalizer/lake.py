@@ -27,10 +27,15 @@ the flushed ones and overwrite them.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import queue
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,10 +240,17 @@ RowSource = Callable[[Record], tuple[str, dict] | None]
 
 
 class LakeWriter:
-    """Buffers rows per input partition in segments and writes each closed segment as Parquet objects."""
+    """Buffers rows per input partition in segments and writes each closed segment as Parquet objects.
+
+    With `background=True` a closed segment is encoded and stored by a writer thread while the loop goes on
+    consuming (Parquet encoding and fsync or the S3 PUT overlap with the next batches); its start offset stays
+    held until it is durable. A failed write is retried there with back-off, the offsets stay held meanwhile, and
+    at most `max_in_flight` closed segments wait before `write` waits too (backpressure). Without it, `write`
+    stores a segment itself and raises on failure (the loop retries the batch)."""
 
     def __init__(self, store: LakeStore, rows: RowSource, *, topic_prefix: str = "", max_rows: int = 100_000,
-                 rotate_interval_ms: int = 600_000, compression: str = "snappy", service: str = "normalizer") -> None:
+                 rotate_interval_ms: int = 600_000, compression: str = "snappy", service: str = "normalizer",
+                 background: bool = False, max_in_flight: int = 4) -> None:
         self.store = store
         self.rows = rows
         self.topic_prefix = topic_prefix
@@ -250,6 +262,12 @@ class LakeWriter:
         # (start, end) of the segments already durable, by end, as far as this writer knows (see _load_closed)
         self._closed: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._hours: dict[int, tuple[str, str]] = {}
+        self._background = background
+        self._max_in_flight = max_in_flight
+        self._in_flight: deque[tuple[tuple[str, int], _Segment, Future[None]]] = deque()
+        self._queue: queue.SimpleQueue[tuple[tuple[str, int], _Segment, Future[None]]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
         self.objects_written = 0
         self.bytes_written = 0
         self.rows_written = 0
@@ -260,7 +278,9 @@ class LakeWriter:
         self._m_rows = telemetry.counter(service, "lake_rows_written", "Rows written to the lake.", ["table"])
         self._m_seconds = telemetry.histogram(service, "lake_write_duration_seconds",
                                               "Time to encode and store one lake segment.")
-        self._m_buffered = telemetry.gauge(service, "lake_buffered_rows", "Rows buffered in open lake segments.")
+        self._m_buffered = telemetry.gauge(service, "lake_buffered_rows",
+                                           "Rows buffered in lake segments not yet durable (their offsets are held).")
+        self._m_failures = telemetry.counter(service, "lake_write_failures", "Lake writes that failed (retried).")
 
     # --- Sink -------------------------------------------------------------------------------------------------
 
@@ -311,13 +331,20 @@ class LakeWriter:
         self._m_buffered.set(self.buffered_rows())
 
     def held_offsets(self) -> dict[tuple[str, int], int]:
-        return {tp: segment.start_offset for tp, segment in self._segments.items()}
+        self._reap()
+        held = {tp: segment.start_offset for tp, segment in self._segments.items()}
+        for tp, segment, _ in self._in_flight:  # oldest first: the first one seen per partition is the lowest
+            if tp not in held or segment.start_offset < held[tp]:
+                held[tp] = segment.start_offset
+        return held
 
     def flush(self) -> None:
-        """Close every open segment (shutdown, partitions revoked). What this writer knows about partitions is
-        dropped: after a rebalance the next records of a partition reload its segment markers from the lake."""
+        """Close every open segment and wait until all are durable (shutdown, partitions revoked). What this
+        writer knows about partitions is then dropped: after a rebalance the next records of a partition reload
+        its segment markers from the lake."""
         for tp, segment in list(self._segments.items()):
             self._close(tp, segment)
+        self._reap(keep=0)
         self._next.clear()
         self._closed.clear()
         self._m_buffered.set(0)
@@ -325,7 +352,8 @@ class LakeWriter:
     # --- internals ----------------------------------------------------------------------------------------------
 
     def buffered_rows(self) -> int:
-        return sum(segment.count for segment in self._segments.values())
+        return (sum(segment.count for segment in self._segments.values()) +
+                sum(segment.count for _, segment, _ in self._in_flight))
 
     def object_key(self, table: str, line_id: str, bucket: int, topic: str, partition: int, start: int) -> str:
         date, hour = self._hour(bucket)
@@ -365,29 +393,71 @@ class LakeWriter:
         return self.store.list_names(self._marker_folder(tp), f"{offset:019d}.")  # '.' sorts after '-'
 
     def _close(self, tp: tuple[str, int], segment: _Segment) -> None:
-        """Write every file of the segment, then its marker; only then forget it (a failure keeps it for the
-        retry)."""
+        """Hand a finished segment over to be stored (or store it now without a writer thread)."""
+        if self._background:
+            del self._segments[tp]
+            future: Future[None] = Future()
+            self._in_flight.append((tp, segment, future))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="lake-writer", daemon=True)
+                self._worker.start()
+            self._queue.put((tp, segment, future))
+            self._reap(keep=self._max_in_flight)
+        else:
+            self._persist(tp, segment)  # raises: the segment stays open for the loop's retry
+            del self._segments[tp]
+        closed = self._closed.setdefault(tp, [])
+        closed.append((segment.start_offset, segment.end_offset))
+        if len(closed) > 64:
+            del closed[:32]
+
+    def _reap(self, keep: int | None = None) -> None:
+        """Forget segments that are durable; with `keep`, first wait until no more than that many are pending."""
+        in_flight = self._in_flight
+        while in_flight:
+            future = in_flight[0][2]
+            if not future.done():
+                if keep is None or len(in_flight) <= keep:
+                    return
+                future.result()  # the writer thread stores in order: the oldest finishes first
+            in_flight.popleft()
+
+    def _work(self) -> None:
+        while True:
+            tp, segment, future = self._queue.get()
+            delay = 0.5
+            while True:
+                try:
+                    self._persist(tp, segment)
+                    break
+                except Exception as exc:  # noqa: BLE001 - the store is down: keep the offsets held and retry
+                    self._m_failures.inc()
+                    event(log, "lake_write_failed_retrying", level=logging.WARNING, topic=tp[0], partition=tp[1],
+                          start_offset=segment.start_offset, error=f"{type(exc).__name__}: {exc}"[:500],
+                          retry_in_s=delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            future.set_result(None)
+
+    def _persist(self, tp: tuple[str, int], segment: _Segment) -> None:
+        """Write every file of the segment, then its marker (the marker says: all of it is durable)."""
         started = time.perf_counter()
         topic, partition = tp
         for (table, line_id, bucket), rows in segment.files.items():
             key = self.object_key(table, line_id, bucket, topic, partition, segment.start_offset)
             data = encode_parquet(TABLES[table], rows, self.compression)
             self.store.put(key, data)
-            self.objects_written += 1
-            self.bytes_written += len(data)
-            self.rows_written += len(rows)
+            with self._lock:
+                self.objects_written += 1
+                self.bytes_written += len(data)
+                self.rows_written += len(rows)
             self._m_objects.labels(table).inc()
             self._m_bytes.labels(table).inc(len(data))
             self._m_rows.labels(table).inc(len(rows))
         start, end = segment.start_offset, segment.end_offset
         self.store.put(f"{self._marker_folder(tp)}/{end:019d}-{start:019d}", b"")
-        closed = self._closed.setdefault(tp, [])
-        closed.append((start, end))
-        if len(closed) > 64:
-            del closed[:32]
-        del self._segments[tp]
         self._m_seconds.observe(time.perf_counter() - started)
-        event(log, "lake_segment_written", topic=topic, partition=partition, start_offset=segment.start_offset,
+        event(log, "lake_segment_written", topic=topic, partition=partition, start_offset=start, end_offset=end,
               rows=segment.count, objects=len(segment.files), store=self.store.describe())
 
 

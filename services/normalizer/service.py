@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         sink = LakeWriter(store, pipeline.lake_row, topic_prefix=settings.topic_prefix,
                           max_rows=settings.lake_max_rows,
                           rotate_interval_ms=int(settings.lake_rotate_interval_s * 1000),
-                          compression=settings.lake_compression, service=settings.service_name)
+                          compression=settings.lake_compression, service=settings.service_name,
+                          background=settings.lake_background)
     health = Health(settings.service_name, settings.liveness_timeout_s)
     loop = ConsumerLoop(settings, settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink,
                         batch_size=settings.batch_size, health=health)

@@ -29,6 +29,8 @@ class NormalizerSettings(Settings):
         600.0, help="Rotate a lake segment when a record's time is this far from the segment's first record "
                     "(record time, never wall clock).")
     lake_compression: str = env_field("snappy", help="Parquet compression: snappy, zstd, gzip or none.")
+    lake_background: bool = env_field(
+        True, help="Encode and store closed lake segments on a writer thread while consuming goes on.")
 
     def validate(self) -> None:
         super().validate()
