@@ -152,6 +152,10 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
         errors.append("evidence cites no finding")
     if not all(isinstance(s, str) and s.strip() for s in draft["steps"]) or not draft["steps"]:
         errors.append("steps must be non-empty strings")
+    if analysis.category == "sensor_fault" and not any(
+            word in " ".join(map(str, draft["steps"])).lower()
+            for word in ("sensor", "thermocouple", "probe", "calibrat")):
+        errors.append("a sensor fault needs a step that checks the sensor")
     allowed = {(a.machine_entity_id, a.parameter): a for a in analysis.actions}
     for proposal in draft["proposed_actions"]:
         if not isinstance(proposal, dict):
@@ -316,6 +320,8 @@ class Advisor:
 def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
     """A perfect answer derived from the request's schema and prompt: the stubbed instant model."""
     props = request.schema["properties"]
+    steps = next((line.split(": ", 1)[1].split(" | ") for line in request.prompt.splitlines()
+                  if line.startswith("Suggested steps: ")), [])[:3]
     actions = []
     action_items = props["proposed_actions"].get("items", {}).get("properties")
     if action_items:
@@ -329,7 +335,7 @@ def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
             "category": request.prompt.split("category ", 1)[1].split(",", 1)[0],
             "root_cause_entity_id": props["root_cause_entity_id"]["enum"][0],
             "root_cause": "as found by the analysis", "evidence": props["evidence"]["items"]["enum"][:2],
-            "steps": ["Follow the SOP."], "proposed_actions": actions,
+            "steps": steps or ["Follow the SOP."], "proposed_actions": actions,
             "references": props["references"]["items"]["enum"][:1]}
 
 
