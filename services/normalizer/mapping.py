@@ -109,7 +109,7 @@ class Normalizer:
         self.stale_after_ms = stale_after_ms
         self.max_clock_skew_ms = max_clock_skew_ms
         self.alarms = AlarmTracker()
-        self._on_unknown_device = on_unknown_device
+        self.on_unknown_device = on_unknown_device
         self._plans: dict[tuple[str, str], _SensorPlan] = {}
         self._device_machine: dict[str, Machine] = {}
         for machine in plant.machines():
@@ -157,8 +157,8 @@ class Normalizer:
         if len(self._unknown_seen) < 100_000:  # bounded: device ids come from the outside world
             self._unknown_seen.add(key)
         event(log, "unknown_device_seen", level=logging.WARNING, what=what, plant=self.plant.source)
-        if self._on_unknown_device is not None:
-            self._on_unknown_device(key)
+        if self.on_unknown_device is not None:
+            self.on_unknown_device(key)
 
     def _plan(self, device: str, metric: str) -> _SensorPlan:
         plan = self._plans.get((device, metric))

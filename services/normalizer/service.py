@@ -43,7 +43,7 @@ class Pipeline:
         self.rejected: dict[tuple[str, str], int] = {}
         self.unknown_devices = 0
         self._kind = {topic: kind for topic, (kind, _) in ROUTES.items()}
-        normalizer._on_unknown_device = self._count_unknown
+        normalizer.on_unknown_device = self._count_unknown
         _PipelineCollector.attach(service, self)
 
     def _count_unknown(self, _key: str) -> None:
