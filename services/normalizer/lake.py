@@ -336,6 +336,7 @@ class LakeWriter:
         for tp, segment, _ in self._in_flight:  # oldest first: the first one seen per partition is the lowest
             if tp not in held or segment.start_offset < held[tp]:
                 held[tp] = segment.start_offset
+        self._m_buffered.set(self.buffered_rows())
         return held
 
     def flush(self) -> None:
