@@ -132,7 +132,9 @@ class AdvisorService:
         self.due_since: dict[str, float] = {}
         self.published_ids: set[str] = set()
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # line -> latest recommendations (for chat)
-        self.outcomes: list[Outcome] = []  # kept for tests and the scenario suite (bounded)
+        self.outcomes: list[Outcome] = []  # kept for tests and the benchmark (bounded)
+        self.latencies: list[tuple[str, float, float]] = []  # (trigger, due -> published s, model s)
+        self.folded = 0
         self.sink = ChangelogSink(self)
         self.changelog_producer = Producer(settings)
         self.publisher = Producer(settings)
@@ -286,6 +288,7 @@ class AdvisorService:
             self.dirty.add(line)
             self.last_record_wall[line] = time.monotonic()
         RECORDS_FOLDED.labels(kind).inc()
+        self.folded += 1
         for due in dues:
             self._enqueue(due)
 
@@ -355,7 +358,10 @@ class AdvisorService:
         PUBLISHED.inc()
         started = self.due_since.pop(due.id, None)
         if started is not None:
-            CLOSE_TO_PUBLISH.labels(due.trigger).observe(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            CLOSE_TO_PUBLISH.labels(due.trigger).observe(elapsed)
+            self.latencies.append((due.trigger, elapsed, outcome.model_latency_s))
+            del self.latencies[:-10_000]
         with self.lock:
             self.published_ids.add(due.id)
             state = self.states.get(due.line_id)
