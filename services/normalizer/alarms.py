@@ -5,16 +5,16 @@ so it is the same on every instance and after every restart. A raise of an alarm
 (`raise_count` + 1, latest message and severity) instead of opening a new one; a clear closes it with
 `cleared_at` and `duration_ms`.
 
-State lives in memory per input partition (raw alarms are keyed by device, so one device's alarms always land on
-one partition). A rewound batch (the loop retries a batch whose outputs were not acknowledged) would apply the same
-raw alarm twice; the tracker remembers the output of recent offsets and answers a replayed offset with the same
-output. After a restart the state is empty: a clear whose raise was before the committed offset becomes a state
-change with `raise_count` 0 and no duration (see the README's trade-off).
+Applying is idempotent by raw id: a raw alarm seen again (a batch the loop rewound, a replay after a crash, a
+duplicate from the source) gets the output it got the first time and does not count twice. At start-up the
+service restores the state from what it published on `line.alarms.v1` (`restore`), so alarms that span a restart
+keep their raise time, count and duration; see the README for what remains approximate.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lineguard.plant import entity_id
@@ -63,26 +63,40 @@ class _Active:
 
 
 class AlarmTracker:
-    def __init__(self, replay_memory: int = 10_000) -> None:
-        self._active: dict[int, dict[str, _Active]] = {}
-        self._applied: dict[int, int] = {}
-        self._recent: dict[int, OrderedDict[int, dict]] = {}
+    def __init__(self, replay_memory: int = 100_000) -> None:
+        self._active: dict[str, _Active] = {}
+        self._by_raw: OrderedDict[str, dict] = OrderedDict()  # raw id -> the output it caused (bounded)
         self._replay_memory = replay_memory
 
     def active_count(self) -> int:
-        return sum(len(alarms) for alarms in self._active.values())
+        return len(self._active)
 
-    def apply(self, raw: dict, partition: int, offset: int, line_id: str, entity: str, observed_at: int) -> dict:
+    def _remember(self, raw_id: str, out: dict) -> None:
+        self._by_raw[raw_id] = out
+        if len(self._by_raw) > self._replay_memory:
+            self._by_raw.popitem(last=False)
+
+    def restore(self, outputs: Iterable[dict]) -> int:
+        """Rebuild the state from published AlarmState records, oldest first; returns how many were read."""
+        count = 0
+        for out in outputs:
+            count += 1
+            self._remember(out["raw_id"], out)
+            if out["state"] == "active":
+                self._active[out["alarm_id"]] = _Active(out["raised_at"], out["raise_count"], out["severity"])
+            else:
+                self._active.pop(out["alarm_id"], None)
+        return count
+
+    def apply(self, raw: dict, line_id: str, entity: str, observed_at: int) -> dict:
         """Apply one raw alarm (already validated) and return the AlarmState record it causes."""
-        recent = self._recent.setdefault(partition, OrderedDict())
-        if offset <= self._applied.get(partition, -1):
-            previous = recent.get(offset)
-            if previous is not None:  # a replayed offset: same input, same output, state untouched
-                return dict(previous)
+        previous = self._by_raw.get(raw["id"])
+        if previous is not None:  # seen before: same input, same output, state untouched
+            return dict(previous)
         action = normalize_action(raw["action"])
         device, alarm_type = raw["device"], raw["alarm_type"]
         key = alarm_id(device, alarm_type)
-        active = self._active.setdefault(partition, {})
+        active = self._active
         state = active.get(key)
         severity_given = raw.get("severity")
         out = {
@@ -103,12 +117,8 @@ class AlarmTracker:
             del active[key]
             out.update(severity=state.severity, state="cleared", raised_at=state.raised_at, cleared_at=observed_at,
                        duration_ms=max(0, observed_at - state.raised_at), raise_count=state.raise_count)
-        else:  # the raise was never seen (before our start, or a clear repeated): close without a duration
+        else:  # the raise was never seen (before the retained history, or a clear repeated): no duration
             out.update(severity=normalize_severity(severity_given), state="cleared", raised_at=observed_at,
                        cleared_at=observed_at, duration_ms=None, raise_count=0)
-        if offset > self._applied.get(partition, -1):
-            self._applied[partition] = offset
-        recent[offset] = out
-        if len(recent) > self._replay_memory:
-            recent.popitem(last=False)
+        self._remember(raw["id"], out)
         return dict(out)

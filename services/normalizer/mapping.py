@@ -132,7 +132,7 @@ class Normalizer:
             out = self.observation(record.value)
             return [Output(OBSERVATIONS, out["line_id"], out)]
         if topic == RAW_ALARMS:
-            out = self.alarm(record.value, record.partition, record.offset)
+            out = self.alarm(record.value)
             return [Output(ALARMS, out["line_id"], out)]
         if topic == RAW_INSPECTIONS:
             out = self.inspection(record.value)
@@ -265,13 +265,13 @@ class Normalizer:
             raise UnknownDeviceError(f"unknown device {device!r}: not in the plant model {self.plant.source}")
         return machine
 
-    def alarm(self, raw: dict, partition: int = 0, offset: int = 0) -> dict:
+    def alarm(self, raw: dict) -> dict:
         machine = self.machine_for_device(raw["device"])
         if not raw["alarm_type"].strip():
             raise InvalidValueError("alarm_type is empty")
         observed_at = to_epoch_ms(raw["observed_at"], "observed_at")
         try:
-            return self.alarms.apply(raw, partition, offset, machine.line_id, machine.entity_id, observed_at)
+            return self.alarms.apply(raw, machine.line_id, machine.entity_id, observed_at)
         except AlarmActionError as exc:
             raise InvalidValueError(str(exc)) from None
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 
 from aiohttp import web
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 
 from lineguard import telemetry
+from lineguard.avro import AvroSerde, SerdeError
 from lineguard.health import BackgroundHttpServer, Health, create_app
 from lineguard.kafka import ConsumerLoop, Output, Record
 from lineguard.logs import event, get_logger, setup_logging
@@ -20,7 +23,7 @@ from lineguard.plant import PlantModelError, load_plant
 from lineguard.settings import SettingsError
 from services.normalizer.api import AssetGraphApi
 from services.normalizer.lake import LakeWriter, S3Store, open_store
-from services.normalizer.mapping import RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
+from services.normalizer.mapping import ALARMS, RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
 from services.normalizer.settings import NormalizerSettings
 
 log = get_logger(__name__)
@@ -120,6 +123,47 @@ class _PipelineCollector:
         yield from (records_in, records_out, rejected, unknown)
 
 
+def read_published_alarms(settings: NormalizerSettings, serde: AvroSerde, timeout_s: float = 60.0) -> Iterator[dict]:
+    """Every AlarmState on line.alarms.v1 from the beginning to the current end, in order per partition (alarms
+    are keyed by line, so one line's alarms are in order). Undecodable records are skipped with a log line."""
+    topic = settings.topic(ALARMS)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.group_id}-restore",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "client.id": f"lineguard-{settings.service_name}-restore", **settings.kafka_security})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            return
+        ends: dict[int, int] = {}
+        for partition in info.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} back took more than {timeout_s:.0f} s")
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is not None:
+                    continue
+                partition = message.partition()
+                if partition not in ends:
+                    continue
+                if message.offset() + 1 >= ends[partition]:
+                    del ends[partition]
+                try:
+                    yield serde.decode(ALARMS, message.value())
+                except SerdeError as exc:
+                    event(log, "alarm_state_record_skipped", level=logging.WARNING, offset=message.offset(),
+                          partition=partition, error=str(exc))
+    finally:
+        consumer.close()
+
+
 def tune_gc() -> None:
     """The hot path allocates many short-lived dicts: collect the young generation less often, and move what
     start-up built (plant model, schemas, modules) out of the collector's way for good."""
@@ -171,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     server = BackgroundHttpServer(lambda: build_app(health, api), settings.http_host, settings.http_port)
     server.start()
     loop.install_signal_handlers()
+    # State first (readiness waits for it): the alarm state this service published before it stopped.
+    health.set_ready(False, "restoring alarm state from line.alarms.v1")
+    started = time.monotonic()
+    try:
+        restored = normalizer.alarms.restore(read_published_alarms(settings, loop.serde))  # type: ignore[arg-type]
+    except (KafkaException, TimeoutError) as exc:
+        event(log, "alarm_state_not_restored", level=logging.WARNING, error=str(exc))
+        restored = 0
+    event(log, "alarm_state_restored", records=restored, active=normalizer.alarms.active_count(),
+          seconds=round(time.monotonic() - started, 3))
     tune_gc()
     event(log, "normalizer_started", http_port=server.port, plant=plant.source,
           lake=sink.store.describe() if sink else None, settings=settings.redacted())

@@ -290,3 +290,50 @@ def test_s3_lake_has_every_row_exactly_once_after_sigkills(make_settings: Callab
             tables.setdefault(table_of(key), []).extend(ids)
     check_lake(tables, raw_set)
     assert sorted(tables) == ["alarms", "inspections", "observations"]
+
+
+def test_alarm_state_survives_a_restart(make_settings: Callable[..., Settings],
+                                        create_topics: Callable[[Settings], None], tmp_path: Path) -> None:
+    """Raised before a restart, raised again and cleared after it: one alarm, raise_count 2, the full duration."""
+    settings = make_settings()
+    create_topics(settings)
+    env = normalizer_env(settings, LINEGUARD_LAKE_ENABLED="false", LINEGUARD_GROUP_ID="normalizer-alarms")
+    source = {"protocol": "mqtt", "device": "line1-oven", "address": "plant/oven/alarms", "position": None,
+              "received_by": None}
+
+    def raw_alarm(rid: str, action: str, at: int) -> dict:
+        return {"id": rid, "device": "line1-oven", "alarm_type": "OVEN_ZONE1_HIGH", "action": action,
+                "severity": "major", "message": None, "observed_at": at, "received_at": at, "source": source}
+
+    def feed(*alarms: dict) -> None:
+        producer = Producer(settings)
+        for value in alarms:
+            producer.produce("raw.alarms.v1", "line1-oven", value)
+        assert producer.close(10) == 0
+
+    def run_until(normalizer: Normalizer, handled: int) -> None:
+        normalizer.start()
+        normalizer.wait_ready()
+        deadline = time.monotonic() + 30
+        while normalizer.records_in() < handled:
+            assert time.monotonic() < deadline, normalizer.tail()
+            time.sleep(0.2)
+        assert normalizer.stop() == 0, normalizer.tail()
+
+    normalizer = Normalizer(env, tmp_path / "normalizer.log")
+    feed(raw_alarm("x1", "raise", T0))
+    run_until(normalizer, 1)
+    feed(raw_alarm("x2", "raise", T0 + 30_000), raw_alarm("x3", "clear", T0 + 90_000))
+    run_until(normalizer, 2)
+    assert '"event":"alarm_state_restored","records":1,"active":1' in normalizer.tail()
+    serde = Producer(settings).serde
+
+    def states(messages: list) -> dict[str, dict]:
+        return {out["raw_id"]: out for out in (serde.decode("line.alarms.v1", m.value()) for m in messages)}
+
+    published = states(consume_until(settings, "line.alarms.v1", lambda ms: {"x1", "x2", "x3"} <= set(states(ms))))
+    assert published["x2"]["raise_count"] == 2 and published["x2"]["raised_at"] == T0
+    cleared = published["x3"]
+    assert cleared["state"] == "cleared" and cleared["raise_count"] == 2
+    assert cleared["raised_at"] == T0 and cleared["duration_ms"] == 90_000
+    assert len({out["alarm_id"] for out in published.values()}) == 1

@@ -279,7 +279,7 @@ def test_every_table_encodes_a_real_normalizer_row() -> None:
     alarm = normalizer.alarm({"id": "a1", "device": "line1-oven", "alarm_type": "HIGH", "action": "raise",
                               "severity": "major", "message": None, "observed_at": T0, "received_at": T0,
                               "source": {"protocol": "mqtt", "device": "x", "address": "a", "position": None,
-                                         "received_by": None}}, 0, 0)
+                                         "received_by": None}})
     inspection = normalizer.inspection({
         "id": "i1", "item_id": "7", "line_id": "line1", "station": "detector", "captured_at": T0, "inspected_at": T0,
         "verdict": "defective", "defects": [{"defect_class": "burnt", "confidence": 0.9, "box": [1, 2, 3, 4],
