@@ -157,6 +157,7 @@ def identity_loop(settings: Settings, expected: int) -> float:
     ended = time.perf_counter()
     loop.stop()
     thread.join(60)
+    loop.producer.close(5)
     return expected / (ended - first[0])
 
 
@@ -182,6 +183,7 @@ def normalizer_loop(settings: Settings, expected: int, lake_dir: Path) -> tuple[
     ended = time.perf_counter()
     loop.stop()
     thread.join(60)
+    loop.producer.close(5)
     return expected / (ended - first[0]), lake
 
 
