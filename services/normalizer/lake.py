@@ -4,7 +4,7 @@ Layout (Hive-style partitions, queryable as is by DuckDB, Athena/Glue, Spark):
 
     <lake>/<table>/line_id=<line>/date=<YYYY-MM-DD>/hour=<HH>/<topic>+<partition>+<start offset, 19 digits>.parquet
 
-Exactly once under crashes rests on three rules:
+Exactly once under crashes rests on four rules:
 
 1. Segments. Records of one input partition (topic, partition) are buffered in one open *segment*, which starts at
    the offset of its first record. A segment holds one file per (table, line, date, hour) it touched; every file of
@@ -19,9 +19,13 @@ Exactly once under crashes rests on three rules:
 3. Atomic objects. A local file is written under a temporary name, fsynced and renamed; an S3 object appears whole
    on `put_object`. Half a file is never visible.
 
-A forced flush (shutdown, partitions revoked) closes segments early; the loop then commits synchronously. Should
-that commit be lost, a replay rebuilds the same segment start with the regular rule, whose files are a superset of
-the flushed ones and overwrite them.
+4. Markers. A flush (shutdown, partitions revoked) closes segments early, where rule 2 would not. After its
+   objects, every closed segment leaves an empty marker `_segments/<topic>+<partition>/<end>-<start>`; a writer
+   that (re)starts on a partition lists the markers ending after its first offset and skips records that are
+   durable already, so a replay after a lost commit never starts a second object holding the same rows.
+
+Closed segments can be stored by a writer thread (`background=True`) while consuming goes on; their offsets stay
+held until they are durable.
 """
 
 from __future__ import annotations
