@@ -30,6 +30,7 @@ log = get_logger(__name__)
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
+MAX_GROUP_MESSAGES = 200  # a read burst goes to Kafka in batches of at most this many messages
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ def make_client(address: BrokerAddress, client_id: str, *, clean_session: bool, 
 
 @dataclass(slots=True, eq=False)
 class _InFlight:
-    mid: int
-    qos: int
-    received: float  # time.monotonic() at receipt
+    """The messages of one read burst, produced together and acknowledged together once all are delivered."""
+
+    received: float  # time.monotonic() at receipt of the first
+    acks: list[tuple[int, int]] = field(default_factory=list)  # (mid, qos) of the QoS 1 messages, in order
     delivered: bool = False
     attempts: int = 0
     records: list[Emit] = field(default_factory=list)
@@ -98,6 +100,13 @@ class MqttAdapter:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self._order: collections.deque[_InFlight] = collections.deque()
+        self._pending_messages = 0
+        self._group: _InFlight | None = None
+        # With the buffered client, messages of one read burst go to Kafka as one batch (fewer, larger
+        # handoffs between threads); with stock paho, one message at a time.
+        self._batching = hasattr(self.client, "on_read_done")
+        if self._batching:
+            self.client.on_read_done = self._on_read_done
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -119,8 +128,9 @@ class MqttAdapter:
         return self.subscribed.wait(timeout)
 
     def pending(self) -> int:
+        """QoS 1 messages received and not yet acknowledged."""
         with self._lock:
-            return len(self._order)
+            return self._pending_messages
 
     def stop(self, drain_timeout: float = 5.0) -> int:
         """Wait a little for in-flight messages to be delivered and acknowledged, then disconnect. What is still
@@ -169,23 +179,42 @@ class MqttAdapter:
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill paho's network thread
             event(log, "mqtt_message_failed", level=40, topic=message.topic, error=repr(exc)[:300])
 
+    def _on_read_done(self) -> None:
+        try:
+            self._flush_group()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill paho's network thread
+            event(log, "mqtt_batch_failed", level=40, error=repr(exc)[:300])
+
     def _handle(self, message: mqtt.MQTTMessage) -> None:
         self._m_received.inc()
         received_at = now_ms()
-        entry = _InFlight(message.mid, message.qos, time.monotonic())
+        group = self._group
+        if group is None:
+            group = self._group = _InFlight(time.monotonic())
         try:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")
         try:
-            entry.records = self.mapper.map_many(topic, message.payload, received_at, str(message.mid))
+            group.records.extend(self.mapper.map_many(topic, message.payload, received_at, str(message.mid)))
         except InputError as exc:
-            entry.dead_letters.append(DeadLetter(message.payload, str(exc), type(exc).__name__, self.name, topic,
+            group.dead_letters.append(DeadLetter(message.payload, str(exc), type(exc).__name__, self.name, topic,
                                                  str(message.mid)))
         if message.qos > 0:
+            group.acks.append((message.mid, message.qos))
+        if not self._batching or len(group.acks) >= MAX_GROUP_MESSAGES:
+            self._flush_group()
+
+    def _flush_group(self) -> None:
+        """End of a read burst: hand its messages to the pipeline as one batch."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        if group.acks:
             with self._lock:
-                self._order.append(entry)
-        self._submit(entry)
+                self._order.append(group)
+                self._pending_messages += len(group.acks)
+        self._submit(group)
 
     # --- delivery (producer polling thread) -----------------------------------------------------------------------
 
@@ -199,30 +228,35 @@ class MqttAdapter:
             self.stats["delivery_failures"] += 1
             delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(entry.attempts - 1, 4))
             if entry.attempts <= 3 or entry.attempts % 20 == 0:
-                event(log, "mqtt_delivery_failed_retrying", level=30, mid=entry.mid, attempts=entry.attempts,
-                      retry_in_s=delay, error=errors[0][:200])
+                event(log, "mqtt_delivery_failed_retrying", level=30, messages=len(entry.acks),
+                      attempts=entry.attempts, retry_in_s=delay, error=errors[0][:200])
             timer = threading.Timer(delay, self._submit, args=(entry,))
             timer.daemon = True
             timer.start()
             return
-        if entry.qos == 0:
+        if not entry.acks:
             return
         entry.delivered = True
         ready: list[_InFlight] = []
         with self._lock:
             while self._order and self._order[0].delivered:
-                ready.append(self._order.popleft())
-            pending = len(self._order)
+                done = self._order.popleft()
+                self._pending_messages -= len(done.acks)
+                ready.append(done)
+            pending = self._pending_messages
         if not ready:
             return
         now = time.monotonic()
+        acks = [ack for done in ready for ack in done.acks]
         ack_many = getattr(self.client, "ack_many", None)
         if ack_many is not None:
-            ack_many((done.mid, done.qos) for done in ready)
+            ack_many(acks)
         else:
-            for done in ready:
-                self.client.ack(done.mid, done.qos)
+            for mid, qos in acks:
+                self.client.ack(mid, qos)
         for done in ready:
-            self._m_lag.observe(now - done.received)
-        self.stats["acknowledged"] += len(ready)
+            lag = now - done.received
+            for _ in done.acks:
+                self._m_lag.observe(lag)
+        self.stats["acknowledged"] += len(acks)
         self._m_pending.set(pending)

@@ -8,12 +8,13 @@ For each configured source, every poll interval:
    again, only moved to done;
 3. parse every row by the source's mapping (columns, types, units, timestamp format and zone): one reading per
    metric column; a row of the wrong shape is dead-lettered with its line and the reason, the others go on;
-4. produce every record and wait until Kafka acknowledged all of them (if it does not, the file stays where it is
-   and is tried again on the next poll);
-5. record the file in the ledger (written atomically: temporary file, fsync, rename), then move it to the done
-   directory.
-A crash between 4 and 5 re-ingests that one file with the same record ids (`sftp:<source>:<file>:<sha256
-prefix>:<row>:<metric>`), which any consumer drops as duplicates; a crash after 5 never re-ingests it.
+4. record the file in the ledger as "producing" (written atomically: temporary file, fsync, rename), produce
+   every record and wait until Kafka acknowledged all of them (if it does not, the file stays where it is and is
+   tried again on the next poll);
+5. record it as "done", then move it to the done directory.
+After a crash (SIGKILL) in 4, the file is found again with its ledger entry "producing": ingest reads the
+readings topic from the moment producing began and produces only the records (ids `sftp:<source>:<file>:<sha256
+prefix>:<row>:<metric>`) that are not there yet. After 5 the file is never ingested again.
 """
 
 from __future__ import annotations
@@ -37,10 +38,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncssh
 import yaml
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from lineguard.logs import event, get_logger
 from services.ingest.parsing import InputError, parse_timestamp
-from services.ingest.pipeline import DeadLetter, DeliveryFailed, Emit, IngestPipeline, now_ms, reading, source
+from services.ingest.pipeline import (
+    READINGS,
+    DeadLetter,
+    DeliveryFailed,
+    Emit,
+    IngestPipeline,
+    now_ms,
+    reading,
+    source,
+)
 
 log = get_logger(__name__)
 
@@ -287,22 +298,22 @@ def parse_csv(src: SftpSource, path: str, content: bytes, sha256: str, received_
 
 
 class Ledger:
-    """Processed files, one JSON object a line; rewritten atomically (temporary file, fsync, rename). The oldest
-    entries beyond `max_entries` are dropped (their files were moved to done long ago)."""
+    """Files being or been ingested, one JSON object a line, keyed by (source, name, size, sha256), with a
+    `state`: "producing" (written before the first record is produced) or "done" (after every record was
+    acknowledged). Rewritten atomically (temporary file, fsync, rename, directory fsync). The oldest entries
+    beyond `max_entries` are dropped (their files were moved to done long ago)."""
 
     def __init__(self, path: Path, max_entries: int = 50000) -> None:
         self.path = Path(path)
         self.max_entries = max_entries
-        self.entries: list[dict] = []
-        self._keys: set[tuple[str, str, int, str]] = set()
+        self._entries: dict[tuple[str, str, int, str], dict] = {}
         if self.path.exists():
             for number, line in enumerate(self.path.read_text().splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     entry = json.loads(line)
-                    self._keys.add(self._key(entry))
-                    self.entries.append(entry)
+                    self._entries[self._key(entry)] = entry
                 except (ValueError, KeyError, TypeError):
                     event(log, "sftp_ledger_line_unreadable", level=30, path=str(self.path), line=number)
 
@@ -310,20 +321,31 @@ class Ledger:
     def _key(entry: dict) -> tuple[str, str, int, str]:
         return entry["source"], entry["name"], int(entry["size"]), entry["sha256"]
 
-    def __contains__(self, key: tuple[str, str, int, str]) -> bool:
-        return key in self._keys
+    @property
+    def entries(self) -> list[dict]:
+        return list(self._entries.values())
 
-    def add(self, entry: dict) -> None:
-        self.entries.append(entry)
-        self._keys.add(self._key(entry))
-        if len(self.entries) > self.max_entries:
-            for old in self.entries[:-self.max_entries]:
-                self._keys.discard(self._key(old))
-            self.entries = self.entries[-self.max_entries:]
+    def get(self, key: tuple[str, str, int, str]) -> dict | None:
+        return self._entries.get(key)
+
+    def state(self, key: tuple[str, str, int, str]) -> str | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry.get("state", "done")
+
+    def __contains__(self, key: tuple[str, str, int, str]) -> bool:
+        """The file was ingested completely."""
+        return self.state(key) == "done"
+
+    def put(self, entry: dict) -> None:
+        key = self._key(entry)
+        self._entries.pop(key, None)
+        self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with temporary.open("w", encoding="utf-8") as handle:
-            for item in self.entries:
+            for item in self._entries.values():
                 handle.write(json.dumps(item, separators=(",", ":")) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -333,6 +355,8 @@ class Ledger:
             os.fsync(directory)  # the rename itself must survive a crash
         finally:
             os.close(directory)
+
+    add = put
 
 
 # --- poller -----------------------------------------------------------------------------------------------------
@@ -460,16 +484,30 @@ class SftpPoller:
             return True
         self._m_received.inc()
         parsed = parse_csv(src, path, content, sha256, now_ms(), self.pipeline.instance)
+        entry = {"source": src.name, "name": name, "size": size, "sha256": sha256, "rows": parsed.rows,
+                 "records": len(parsed.records), "dead_letters": len(parsed.dead_letters)}
+        records, dead_letters = parsed.records, parsed.dead_letters
+        if self.ledger.state(key) == "producing":
+            # A crash came after producing began and before it was confirmed: produce only what Kafka lacks.
+            since = int(self.ledger.get(key).get("producing_since_ms", 0))
+            present = await asyncio.to_thread(self._delivered_ids, f"sftp:{src.name}:{name}:{sha256[:16]}:",
+                                              since - 60_000)
+            if present is not None:
+                records = [r for r in records if r.id not in present]
+                dead_letters = []  # the dead letters of a file go first, with its records
+                event(log, "sftp_file_resumed", source=src.name, path=path, already_in_kafka=len(present),
+                      remaining=len(records))
+        else:
+            self.ledger.put({**entry, "state": "producing", "producing_since_ms": now_ms()})
         try:
-            produced = await self.pipeline.deliver(self.name, parsed.records, parsed.dead_letters,
+            produced = await self.pipeline.deliver(self.name, records, dead_letters,
                                                    timeout=self.delivery_timeout_s)
         except DeliveryFailed as exc:
             self.stats["failures"] += 1
             event(log, "sftp_file_not_delivered_left_in_place", level=30, source=src.name, path=path,
                   error=str(exc)[:300])
             return False
-        self.ledger.add({"source": src.name, "name": name, "size": size, "sha256": sha256, "rows": parsed.rows,
-                         "records": len(parsed.records), "dead_letters": len(parsed.dead_letters),
+        self.ledger.put({**entry, "state": "done",
                          "ingested_at": datetime.now().astimezone().isoformat(timespec="seconds")})
         self.stats["files"] += 1
         self.stats["rows"] += parsed.rows
@@ -480,6 +518,44 @@ class SftpPoller:
               dead_letters=len(parsed.dead_letters))
         await self._move_done(sftp, src, name)
         return True
+
+    def _delivered_ids(self, prefix: str, since_ms: int) -> set[str] | None:
+        """Ids starting with `prefix` already on the readings topic, produced after `since_ms` (a bounded read
+        from that timestamp to the end of each partition). None when Kafka cannot be read: then the file is
+        produced again in full (duplicates carry the same ids)."""
+        settings = self.pipeline.settings
+        topic = settings.topic(READINGS)
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.service_name}-"
+                             f"sftp-recovery", "enable.auto.commit": False, "enable.partition.eof": True,
+                             **settings.kafka_security})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            starts = consumer.offsets_for_times([TopicPartition(topic, p, max(since_ms, 0)) for p in partitions],
+                                                timeout=10)
+            todo = {tp.partition for tp in starts if tp.offset >= 0}
+            if not todo:
+                return set()
+            consumer.assign([tp for tp in starts if tp.offset >= 0])
+            found: set[str] = set()
+            deadline = time.monotonic() + 60
+            while todo and time.monotonic() < deadline:
+                for msg in consumer.consume(500, 0.5):
+                    if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            todo.discard(msg.partition())
+                        continue
+                    try:
+                        rid = self.pipeline.producer.serde.decode(READINGS, msg.value())["id"]
+                    except Exception:  # noqa: BLE001 - another writer's record: not ours to judge here
+                        continue
+                    if rid.startswith(prefix):
+                        found.add(rid)
+            return found if not todo else None
+        except KafkaException as exc:
+            event(log, "sftp_recovery_read_failed", level=30, error=str(exc)[:300])
+            return None
+        finally:
+            consumer.close()
 
     async def _move_done(self, sftp: asyncssh.SFTPClient, src: SftpSource, name: str) -> None:
         if not await sftp.exists(src.done_directory):

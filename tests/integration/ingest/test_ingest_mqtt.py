@@ -133,11 +133,19 @@ def test_ingest_killed_while_kafka_is_down_loses_nothing_the_broker_redelivers_a
                                 env={**env, "LINEGUARD_HTTP_PORT": str(port)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def ready(port: int) -> bool:
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/readyz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     client = publisher(mosquitto_url)
-    first = start()
+    first_port = free_port()
+    first = start(first_port)
     second = None
     try:
-        time.sleep(3)  # connected and subscribed: the persistent session exists from now on
+        # Ready = subscribed: the persistent session exists from now on.
+        assert wait_for(lambda: ready(first_port), timeout=60), "ingest did not become ready"
         pausable_kafka.pause()
         publish_all(client, [reading_message(i) for i in range(60)])
         time.sleep(1)
@@ -147,7 +155,18 @@ def test_ingest_killed_while_kafka_is_down_loses_nothing_the_broker_redelivers_a
         port = free_port()
         second = start(port)
         readings = TopicReader(settings, READINGS).read_until(60, timeout=40)
-        status, metrics = http("GET", f"http://127.0.0.1:{port}/metrics")
+
+        def redelivered() -> float:
+            try:
+                text = http("GET", f"http://127.0.0.1:{port}/metrics", timeout=2)[1]["raw"]
+            except OSError:
+                return 0.0
+            lines = [line for line in text.splitlines()
+                     if line.startswith('lineguard_ingest_messages_received_total{adapter="mqtt"}')]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        # The restarted process got them again from the broker's session (they were never acknowledged).
+        assert wait_for(lambda: redelivered() >= 60, timeout=40)
     finally:
         pausable_kafka.resume()
         client.disconnect()
@@ -156,7 +175,3 @@ def test_ingest_killed_while_kafka_is_down_loses_nothing_the_broker_redelivers_a
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(20)
     assert {r.value["observed_at"] for r in readings} == {T0 + i * 1000 for i in range(60)}
-    # The restarted process got them from the broker's session (not from the killed one's buffers).
-    received = [line for line in metrics["raw"].splitlines()
-                if line.startswith('lineguard_ingest_messages_received_total{adapter="mqtt"}')]
-    assert received and float(received[0].split()[-1]) >= 60

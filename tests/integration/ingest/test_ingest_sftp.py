@@ -128,14 +128,14 @@ def test_growing_files_wait_and_a_kafka_outage_leaves_files_in_place(
         pausable_kafka.pause()
         try:
             assert await poller.poll(source) == 0  # stable now, but Kafka cannot take it
-            assert growing.exists() and poller.ledger.entries == []
+            assert growing.exists() and [e["state"] for e in poller.ledger.entries] == ["producing"]
         finally:
             pausable_kafka.resume()
         for _ in range(10):
             if await poller.poll(source) == 1:
                 break
             await asyncio.sleep(0.5)
-        assert not growing.exists() and len(poller.ledger.entries) == 1
+        assert not growing.exists() and [e["state"] for e in poller.ledger.entries] == ["done"]
         await poller._drop_connection(source)
 
     try:
@@ -183,3 +183,56 @@ def test_sigkill_and_restart_ingest_no_file_twice(ingest_settings, sftp_server, 
     ids = [r.value["id"] for r in readings]
     assert len(set(ids)) == files * 3
     assert len(ids) == files * 3, f"{len(ids) - len(set(ids))} records produced twice"
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at the worst moment: after Kafka acknowledged the records, before the ledger said so."""
+
+
+def test_a_crash_after_delivery_and_before_the_ledger_write_produces_nothing_twice(
+        ingest_settings, sftp_server, tmp_path, monkeypatch):
+    settings = ingest_settings()
+    reports = sftp_server.root / "reports"
+    write_report(reports, 1, [f"line1-B{i:05d},2026-11-29T12:00:00Z,2026-11-29T12:0{i % 10}:59Z,30,{i},250.0"
+                              for i in range(20)])
+    sources = load_sources(sources_file(tmp_path, sftp_server.port))
+    environ = {"LINEGUARD_SFTP_PASSWORD": PASSWORD}
+    ledger_path = tmp_path / "ledger.jsonl"
+
+    async def run_until_killed() -> None:
+        pipeline = IngestPipeline(settings)
+        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ)
+        original = poller.ledger.put
+
+        def put(entry: dict) -> None:
+            if entry["state"] == "done":
+                raise Killed
+            original(entry)
+
+        monkeypatch.setattr(poller.ledger, "put", put)
+        try:
+            await poller.poll(sources[0])
+            with pytest.raises(Killed):
+                await poller.poll(sources[0])
+        finally:
+            pipeline.close()
+            await poller._drop_connection(sources[0])
+
+    async def restart() -> None:
+        pipeline = IngestPipeline(settings)
+        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ)
+        try:
+            assert await poller.poll(sources[0]) == 0  # seen, waits one interval
+            assert await poller.poll(sources[0]) == 1
+        finally:
+            pipeline.close()
+            await poller._drop_connection(sources[0])
+
+    asyncio.run(run_until_killed())
+    assert (reports / "packaging_line1-B00001.csv").exists()
+    assert json.loads(ledger_path.read_text())["state"] == "producing"
+    asyncio.run(restart())
+    assert not (reports / "packaging_line1-B00001.csv").exists()
+    assert json.loads(ledger_path.read_text())["state"] == "done"
+    readings = TopicReader(settings, READINGS).read_until(60, settle=1.0)
+    assert len(readings) == 60 and len({r.value["id"] for r in readings}) == 60
