@@ -7,7 +7,8 @@ first segment) or from payload fields. The first matching rule wins. Default rul
     plant/<line>/<machine>/<metric> -> a reading  of device "<line>-<machine>", metric <metric>
 
 Payloads are tolerated in several shapes: `{"value": 21.5, "unit": "Cel", "ts": "2026-...Z"}` (also `v`, `val`,
-`timestamp`, `time`, `observed_at`; epoch s/ms/µs/ns), or a bare JSON number, string or boolean. A `device` field in
+`timestamp`, `time`, `observed_at`; epoch s/ms/µs/ns), or a bare JSON number, string or boolean, or a gateway's
+batch `{"device": .., "ts": .., "readings": [{"metric": .., "value": .., "unit": ..}, ...]}`. A `device` field in
 the payload wins over the topic's. Alarms: `{"alarm"|"alarm_type"|"type"|"code", "state"|"action": raise|clear,
 "severity", "message", "ts"}`.
 
