@@ -204,6 +204,8 @@ def main() -> int:
         print(f"{per_message:>18} {bare:>10,.0f} r/s {ingest:>10,.0f} r/s {ingest / bare:>7.2f} "
               f"{mean_lag * 1000:>10.1f} ms {bare_cpu * 1e6:>14.1f} µs {ingest_cpu * 1e6:>6.1f} µs  "
               f"{BUDGET:,} r/s {verdict}")
+    print("ack lag: from receipt to PUBACK, averaged over the messages, while draining the whole backlog at once")
+    print("CPU/reading: process CPU time (all threads) over the measurement, divided by the readings")
     if load > (os.cpu_count() or 1):
         print("note: the machine was busier than its CPU count; the rates above are lower than on an idle machine")
     return 0
