@@ -135,12 +135,12 @@ def run_with_kills(env: dict[str, str], tmp_path: Path, seed: int,
     normalizer.wait_ready()
     ready_at = time.monotonic()
     last, stable_since = -1.0, time.monotonic()
-    while True:  # caught up = nothing new handled for 3 s (after it handled something, or after 10 s)
+    while True:  # caught up = nothing new handled for 4 s (after it handled something, or after 10 s)
         count = normalizer.records_in()
         now = time.monotonic()
         if count != last:
             last, stable_since = count, now
-        elif now - stable_since > 3 and (count > 0 or now - ready_at > 10):
+        elif now - stable_since > 4 and (count > 0 or now - ready_at > 10):
             break
         assert now - ready_at < 60, f"normalizer did not catch up:\n{normalizer.tail()}"
         time.sleep(0.25)
