@@ -13,11 +13,13 @@ the payload wins over the topic's. Alarms: `{"alarm"|"alarm_type"|"type"|"code",
 "severity", "message", "ts"}`.
 
 Ids are deterministic per source reading: `mqtt:<device>:<metric>:<observed_at ms>` (a redelivered message maps to
-the same id and is dropped as a duplicate). Without a timestamp in the payload, the receive time is used.
+the same id and is dropped as a duplicate). Without a timestamp in the payload, the receive time is the observed
+time and the id gets a per-receipt suffix (nothing could tell a redelivery of such a message from a new one).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -122,6 +124,7 @@ class MqttMapper:
         self.rules = rules
         self.received_by = received_by
         self.protocol = protocol
+        self._receipts = itertools.count(1)
         # topic -> (rule, levels, device from the topic, metric): a line has few topics, each seen often.
         self._topics: dict[str, tuple[TopicRule, list[str], str | None, str | None]] = {}
 
@@ -194,6 +197,13 @@ class MqttMapper:
             return self._alarm(rule, device, topic, body, received_at, position)
         return self._reading(rule, device, metric, topic, body, received_at, position)
 
+    def _id(self, what: str, observed_at: int, stamped: bool) -> str:
+        """Deterministic from the source's timestamp; without one, unique per receipt (two readings received in
+        the same millisecond are still two readings, and nothing could recognise a redelivery anyway)."""
+        if stamped:
+            return f"{self.protocol}:{what}:{observed_at}"
+        return f"{self.protocol}:{what}:{observed_at}:rx-{self.received_by}-{next(self._receipts)}"
+
     @staticmethod
     def _device(topic_device: str | None, body: Any) -> str:
         if isinstance(body, dict):
@@ -208,6 +218,7 @@ class MqttMapper:
                  received_at: int, position: str | None) -> Emit:
         unit: str | None = rule.unit
         observed_at = received_at
+        stamped = False  # did the source say when? Otherwise the id cannot be derived from the reading
         attributes: dict[str, str] = {}
         if isinstance(body, dict):
             name, raw_value = first_present(body, VALUE_FIELDS)
@@ -220,6 +231,7 @@ class MqttMapper:
             ts_name, raw_ts = first_present(body, TIME_FIELDS)
             if ts_name is not None:
                 observed_at = parse_timestamp(raw_ts, ts_name)
+                stamped = True
             if "seq" in body and isinstance(body["seq"], int) and not isinstance(body["seq"], bool):
                 attributes["seq"] = str(body["seq"])
             if "quality" in body and isinstance(body["quality"], str | int):
@@ -230,7 +242,7 @@ class MqttMapper:
             value = check_value(body, "payload")
         device = self._device(topic_device, body)
         src = source(self.protocol, device, topic, position, self.received_by)
-        return reading(id=f"{self.protocol}:{device}:{metric}:{observed_at}", device=device, metric=metric,
+        return reading(id=self._id(f"{device}:{metric}", observed_at, stamped), device=device, metric=metric,
                        value=value, unit=unit, observed_at=observed_at, received_at=received_at, src=src,
                        attributes=attributes)
 
@@ -256,12 +268,12 @@ class MqttMapper:
             raise InputError(action_name, f"expected raise or clear, got {str(raw_action)[:64]!r}")
         severity = optional_str(body.get("severity"), "severity", 32)
         message = optional_str(body.get("message"), "message", 2000)
-        observed_at = received_at
+        observed_at, stamped = received_at, False
         ts_name, raw_ts = first_present(body, TIME_FIELDS)
         if ts_name is not None:
-            observed_at = parse_timestamp(raw_ts, ts_name)
+            observed_at, stamped = parse_timestamp(raw_ts, ts_name), True
         device = self._device(topic_device, body)
         src = source(self.protocol, device, topic, position, self.received_by)
-        return alarm(id=f"{self.protocol}:{device}:alarm:{alarm_type}:{action}:{observed_at}", device=device,
+        return alarm(id=self._id(f"{device}:alarm:{alarm_type}:{action}", observed_at, stamped), device=device,
                      alarm_type=alarm_type, action=action, severity=severity.lower() if severity else None,
                      message=message, observed_at=observed_at, received_at=received_at, src=src)

@@ -128,3 +128,9 @@ def test_a_batch_message_carries_many_readings_and_a_bad_item_is_named():
     with pytest.raises(InputError) as caught:
         MAPPER.map_many("plant/line1/mixer/batch", json.dumps(body).encode(), 1)
     assert caught.value.field == "readings[1].value"
+
+
+def test_readings_without_a_source_timestamp_never_collide():
+    first = MAPPER.map("plant/line1/mixer/torque", b"1.0", received_at=5)
+    second = MAPPER.map("plant/line1/mixer/torque", b"1.0", received_at=5)
+    assert first.id != second.id and first.value["observed_at"] == second.value["observed_at"] == 5
