@@ -31,6 +31,7 @@ log = get_logger(__name__)
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 MAX_GROUP_MESSAGES = 200  # a read burst goes to Kafka in batches of at most this many messages
+MAX_GROUP_RECORDS = 4000  # ... or this many records
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class MqttAdapter:
                                                  str(message.mid)))
         if message.qos > 0:
             group.acks.append((message.mid, message.qos))
-        if not self._batching or len(group.acks) >= MAX_GROUP_MESSAGES:
+        if not self._batching or len(group.acks) >= MAX_GROUP_MESSAGES or len(group.records) >= MAX_GROUP_RECORDS:
             self._flush_group()
 
     def _flush_group(self) -> None:
