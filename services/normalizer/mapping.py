@@ -265,7 +265,9 @@ class Normalizer:
             raise UnknownDeviceError(f"unknown device {device!r}: not in the plant model {self.plant.source}")
         return machine
 
-    def alarm(self, raw: dict) -> dict:
+    def alarm(self, raw: dict, partition: int | None = None, offset: int | None = None) -> dict:
+        """The AlarmState a raw alarm causes. `partition` and `offset` are accepted for callers written against
+        the first version and ignored: replays are recognised by the raw id."""
         machine = self.machine_for_device(raw["device"])
         if not raw["alarm_type"].strip():
             raise InvalidValueError("alarm_type is empty")
