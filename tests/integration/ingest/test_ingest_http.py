@@ -173,3 +173,18 @@ def test_webhooks_and_push_get_503_while_kafka_is_down_and_succeed_after(ingest_
     readings = TopicReader(settings, READINGS).read_until(5)
     ids = [r.value["id"] for r in readings]
     assert len(set(ids)) == 5  # 4 from the uplink, 1 pushed: none lost
+
+
+def test_bodies_over_the_limit_get_413_and_metrics_count_per_adapter(ingest_settings):
+    settings = ingest_settings(push_tokens=[TOKEN], chirpstack_secret=SECRET, max_body_bytes=1000)
+    running = RunningService(IngestService(settings))
+    try:
+        big = {"source": "mes-1", "readings": [{"device": "d", "metric": "m", "value": "x" * 1000, "observed_at": 1}]}
+        status, answer = http("POST", running.url + "/ingest/v1/batch", big, AUTH)
+        assert status == 413 and "1000 bytes" in answer["error"]
+        assert http("POST", running.url + "/lorawan/chirpstack?event=status", {"x": 1}, HOOK)[0] == 200
+        metrics = http("GET", running.url + "/metrics")[1]["raw"]
+    finally:
+        running.stop()
+    assert 'lineguard_ingest_requests_rejected_total{adapter="http",status="413"} 1.0' in metrics
+    assert 'lineguard_ingest_events_ignored_total{adapter="chirpstack",event="status"}' in metrics
