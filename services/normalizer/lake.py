@@ -75,6 +75,13 @@ class TableSpec:
     # (time, attribute, entity): writing is several times faster than with both everywhere, files are no larger.
     dictionary: tuple[str, ...] = ()
     statistics: tuple[str, ...] = ()
+    # the columns taken from the rows: all but raw_topic and raw_partition, which are constant within an object
+    row_schema: pa.Schema = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.row_schema is None:
+            constant = ("raw_topic", "raw_partition")
+            object.__setattr__(self, "row_schema", pa.schema([f for f in self.schema if f.name not in constant]))
 
 
 def _split_value(row: dict) -> None:
@@ -323,8 +330,6 @@ class LakeWriter:
                 rows_of_file = segment.files[key] = []
             if spec.prepare is not None:
                 spec.prepare(row)
-            row["raw_topic"] = record.topic
-            row["raw_partition"] = record.partition
             row["raw_offset"] = offset
             rows_of_file.append(row)
             segment.count += 1
@@ -450,7 +455,7 @@ class LakeWriter:
         topic, partition = tp
         for (table, line_id, bucket), rows in segment.files.items():
             key = self.object_key(table, line_id, bucket, topic, partition, segment.start_offset)
-            data = encode_parquet(TABLES[table], rows, self.compression)
+            data = encode_parquet(TABLES[table], rows, self.compression, topic, partition)
             self.store.put(key, data)
             with self._lock:
                 self.objects_written += 1
@@ -476,9 +481,16 @@ def _inside(closed: list[tuple[int, int]], offset: int) -> bool:
     return False
 
 
-def encode_parquet(spec: TableSpec, rows: list[dict], compression: str | None = "snappy") -> bytes:
-    """Rows (prepared with `spec.prepare`) -> Parquet bytes; keys that are not columns are ignored."""
-    table = pa.Table.from_pylist(rows, schema=spec.schema)
+def encode_parquet(spec: TableSpec, rows: list[dict], compression: str | None = "snappy", topic: str = "",
+                   partition: int = 0) -> bytes:
+    """Rows (prepared with `spec.prepare`, with `raw_offset`) of one input partition -> Parquet bytes; keys that
+    are not columns are ignored."""
+    from_rows = pa.Table.from_pylist(rows, schema=spec.row_schema)
+    count = from_rows.num_rows
+    constant = {"raw_topic": pa.repeat(pa.scalar(topic, pa.string()), count),
+                "raw_partition": pa.repeat(pa.scalar(partition, pa.int32()), count)}
+    table = pa.Table.from_arrays([constant[f.name] if f.name in constant else from_rows.column(f.name)
+                                  for f in spec.schema], schema=spec.schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=compression, use_dictionary=list(spec.dictionary),
                    write_statistics=list(spec.statistics))
