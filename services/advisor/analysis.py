@@ -462,7 +462,8 @@ class Analyzer:
         steps = [f"Do not change the {machine.name.lower()} setpoints: the product and {corroborating} are normal.",
                  f"Verify {lead.attribute.replace('_', ' ') if lead.attribute else 'the reading'} with a reference "
                  "probe.",
-                 f"Replace or recalibrate the sensor {sensor.id if sensor else lead.attribute}."]
+                 f"Replace or recalibrate the {(lead.attribute or 'faulty').replace('_', ' ')} sensor"
+                 f"{' (' + sensor.id.rsplit(':', 1)[-1] + ')' if sensor else ''}."]
         severity = "major" if any(f.kind == "alarm" for f in findings) else "minor"
         return Analysis(
             window.line_id, window.start_ms, window.end_ms, findings, [], "sensor_fault", severity,

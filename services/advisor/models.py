@@ -120,7 +120,8 @@ def parse_json_output(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if start < 0:
         return None, "no JSON object in the model output"
     try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
+        # strict=False: a raw newline inside a string (small models write them) is not worth a retry
+        value, _ = json.JSONDecoder(strict=False).raw_decode(text[start:])
     except json.JSONDecodeError as exc:
         return None, f"the model output is not valid JSON: {exc.msg} at character {exc.pos}"
     if not isinstance(value, dict):

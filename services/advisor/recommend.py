@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,27 +77,30 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
     action_schema: dict[str, Any] = {"type": "array", "maxItems": 0, "items": {"type": "object"}}
     if analysis.actions:
         action_schema = {
-            "type": "array", "minItems": 0, "maxItems": len(analysis.actions),
+            "type": "array", "minItems": len(analysis.actions), "maxItems": len(analysis.actions),
             "items": {"type": "object", "properties": {
                 "machine_entity_id": {"type": "string", "enum": sorted({a.machine_entity_id for a in analysis.actions})},
                 "parameter": {"type": "string", "enum": sorted({a.parameter for a in analysis.actions})},
-                "value": {"type": "number"},
+                # the value the analysis allows; the validator still checks it against the plant's limits
+                "value": {"type": "number", "enum": sorted({a.value for a in analysis.actions})},
                 "reason": {"type": "string", "maxLength": 160},
             }, "required": ["machine_entity_id", "parameter", "value", "reason"]},
         }
     return {
         "type": "object",
         "properties": {
-            "title": {"type": "string", "maxLength": 100},
-            "summary": {"type": "string", "maxLength": 300},
-            "category": {"type": "string", "enum": list(CATEGORIES)},
+            "title": {"type": "string", "maxLength": 90},
+            "summary": {"type": "string", "maxLength": 240},
+            # the analysis decides the category; the model writes the words around it
+            "category": {"type": "string", "enum": [analysis.category]},
             "root_cause_entity_id": {"type": "string", "enum": entities},
-            "root_cause": {"type": "string", "maxLength": 200},
+            "root_cause": {"type": "string", "maxLength": 160},
             "evidence": {"type": "array", "minItems": 1, "maxItems": 4,
                          "items": {"type": "string", "enum": finding_ids}},
-            "steps": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "maxLength": 140}},
+            "steps": {"type": "array", "minItems": 1, "maxItems": 3,
+                      "items": {"type": "string", "maxLength": 120}},
             "proposed_actions": action_schema,
-            "references": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": sections}},
+            "references": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": sections}},
         },
         "required": ["title", "summary", "category", "root_cause_entity_id", "root_cause", "evidence", "steps",
                      "proposed_actions", "references"],
@@ -105,8 +109,9 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
 
 def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_chars: int = 360) -> str:
     lines = [f"Line {analysis.line_id}, trigger {trigger}. Deterministic conclusion: category {analysis.category}, "
-             f"severity {analysis.severity}.",
-             f"Root cause ({analysis.root_cause_entity}): {analysis.root_cause_text}", "Findings:"]
+             f"severity {analysis.severity}, root cause entity {analysis.root_cause_entity or 'none'}.",
+             f"Headline: {analysis.title}",
+             f"Root cause: {analysis.root_cause_text}", "Findings:"]
     for finding in analysis.findings[:8]:
         lines.append(f"- {finding.id}: {finding.description}")
     if analysis.actions:
@@ -125,6 +130,18 @@ def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_char
     return "\n".join(lines)
 
 
+_MARKUP = re.compile(r"[\[\]{}]|urn:ngsi-ld|[A-Z]{2,}-[A-Z0-9]+-?\d*#|previous answer|\w+:\w+\.\w+")
+
+
+def prose_problem(text: str, what: str) -> str | None:
+    """Why a text is not something to show an operator: too short to say anything, or ids and markup."""
+    if len(re.findall(r"[A-Za-z]{2,}", text)) < 3:
+        return f"{what} {text[:40]!r} says nothing"
+    if _MARKUP.search(text):
+        return f"{what} {text[:40]!r} holds ids or markup, not words for an operator"
+    return None
+
+
 def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[Hit], plant: PlantModel
                    ) -> list[str]:
     """Why the model's answer cannot be shown to an operator; empty when it can."""
@@ -137,8 +154,11 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
             errors.append(f"{key} is missing or not a {kind.__name__}")
     if errors:
         return errors
-    if not draft["title"].strip() or not draft["summary"].strip():
-        errors.append("title and summary must not be empty")
+    for what, text in (("title", draft["title"]), ("summary", draft["summary"]), ("root cause", draft["root_cause"]),
+                       *(("a step", step) for step in draft["steps"] if isinstance(step, str))):
+        problem = prose_problem(text, what)
+        if problem:
+            errors.append(problem)
     if draft["category"] != analysis.category:
         errors.append(f"category {draft['category']!r} contradicts the analysis ({analysis.category})")
     root = draft.get("root_cause_entity_id")
@@ -177,6 +197,11 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
             errors.append(f"action {key[1]}: {why}")
         elif (float(value) - reference.current) * (reference.value - reference.current) <= 0:
             errors.append(f"action {key[1]}: {value} moves the wrong way (the analysis says {reference.direction})")
+    proposed = {(p.get("machine_entity_id"), p.get("parameter")) for p in draft["proposed_actions"]
+                if isinstance(p, dict)}
+    for key in allowed:
+        if key not in proposed:
+            errors.append(f"the action on {key[1]} that the analysis found is missing")
     sections = {f"{h.section.doc_id}#{h.section.section}" for h in hits}
     for ref in draft["references"]:
         if ref not in sections and ref != "none":
@@ -331,10 +356,13 @@ def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
                 value = float(line.split(" to ", 1)[1].split(" ", 1)[0])
                 actions.append({"machine_entity_id": entity, "parameter": parameter.rstrip(":"), "value": value,
                                 "reason": "as the analysis and the SOP say"})
-    return {"title": "Recommendation", "summary": request.prompt.splitlines()[1][:280],
+    lines = request.prompt.splitlines()
+    headline = next((x.split(": ", 1)[1] for x in lines if x.startswith("Headline: ")), "No headline given")
+    cause = next((x.split(": ", 1)[1] for x in lines if x.startswith("Root cause: ")), "No root cause given")
+    return {"title": headline[:90], "summary": cause[:240],
             "category": request.prompt.split("category ", 1)[1].split(",", 1)[0],
             "root_cause_entity_id": props["root_cause_entity_id"]["enum"][0],
-            "root_cause": "as found by the analysis", "evidence": props["evidence"]["items"]["enum"][:2],
+            "root_cause": cause[:160], "evidence": props["evidence"]["items"]["enum"][:2],
             "steps": steps or ["Follow the SOP."], "proposed_actions": actions,
             "references": props["references"]["items"]["enum"][:1]}
 

@@ -109,6 +109,9 @@ def test_advisor_retry_that_succeeds_is_not_a_fallback() -> None:
     (lambda d: d.update(root_cause_entity_id="urn:ngsi-ld:Machine:line1-mixer"), "root cause"),
     (lambda d: d.update(references=["SOP-FAKE-9#1"]), "not a retrieved"),
     (lambda d: d.pop("steps"), "steps is missing"),
+    (lambda d: d.update(proposed_actions=[]), "is missing"),
+    (lambda d: d.update(title="], action:"), "says nothing"),
+    (lambda d: d["steps"].append("See SOP-OVEN-001#3 for urn:ngsi-ld:Machine:line1-oven"), "ids or markup"),
 ])
 def test_advisor_validation_refuses_unsafe_or_invented_output(mutate, problem) -> None:
     window, history = load("oven_zone_overheat_900")
