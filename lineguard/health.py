@@ -57,6 +57,9 @@ class Health:
         }
 
 
+HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
+
+
 def create_app(health: Health) -> web.Application:
     """An aiohttp application with the health and metrics routes; add the service's own routes to it."""
     app = web.Application()
@@ -76,7 +79,7 @@ def create_app(health: Health) -> web.Application:
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app["health"] = health
+    app[HEALTH_KEY] = health
     return app
 
 

@@ -103,13 +103,19 @@ class Producer:
         telemetry.setup_tracing(settings.service_name)  # so trace context exists and travels in headers
         self.serde = serde or AvroSerde(settings.schemas_dir, settings.schema_registry_url,
                                         settings.schema_registry_auth, settings.topic_prefix)
-        self._producer = _RdProducer(producer_config(settings, **conf_overrides))
+        self._conf = {**producer_config(settings, **conf_overrides), "error_cb": self._on_error}
+        self._producer = _RdProducer(self._conf)
+        self._fatal: KafkaError | None = None
+        self._swap_lock = threading.Lock()
         self._prefix = settings.topic_prefix
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         service = settings.service_name
         self._produced = telemetry.counter(service, "messages_produced", "Records acknowledged by Kafka.", ["topic"])
         self._failed = telemetry.counter(service, "produce_failures", "Records Kafka did not acknowledge.", ["topic"])
+        self._replaced = telemetry.counter(service, "producers_replaced",
+                                           "Producers replaced after a fatal error (e.g. fenced idempotent producer).")
+        self._labelled: dict[tuple[str, bool], Any] = {}
 
     def full_topic(self, topic: str) -> str:
         return self._prefix + topic
@@ -123,6 +129,8 @@ class Producer:
         Without `on_delivery` the producer counts deliveries in its metrics itself; a caller that passes one
         (the consumer loop, `send`) counts them, so the hot path pays for one callback per record, not two.
         """
+        if self._fatal is not None:
+            self._replace_after_fatal()
         payload = self.serde.encode(topic, value) if isinstance(value, dict) else value
         full = self._prefix + topic
         callback = on_delivery if on_delivery is not None else self._count_delivery
@@ -133,20 +141,60 @@ class Producer:
         else:
             self._produce_raw(full, _key_bytes(key), payload, headers, callback)
 
+    def _counter(self, topic: str, ok: bool) -> Any:
+        child = self._labelled.get((topic, ok))
+        if child is None:
+            child = (self._produced if ok else self._failed).labels(topic)
+            self._labelled[(topic, ok)] = child
+        return child
+
     def _count_delivery(self, err: KafkaError | None, msg: Message) -> None:
         topic = msg.topic()[len(self._prefix):]
         if err is None:
-            self._produced.labels(topic).inc()
+            self._counter(topic, True).inc()
         else:
-            self._failed.labels(topic).inc()
+            self._counter(topic, False).inc()
+            self.note_delivery_error(err)
             event(log, "delivery_failed", level=30, topic=msg.topic(), error=err.str())
+
+    # --- fatal errors -----------------------------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (broker down, auth failures, fatal errors)."""
+        if err.fatal():
+            self._fatal = err
+        event(log, "kafka_client_error", level=40 if err.fatal() else 20, error=err.str(), fatal=err.fatal())
+
+    def note_delivery_error(self, err: KafkaError) -> None:
+        """A delivery failed; remember it when the producer can never deliver again."""
+        if err.fatal() or err.code() == KafkaError.PRODUCER_FENCED:
+            self._fatal = err
+
+    def _replace_after_fatal(self) -> None:
+        """A fatal error (seen with an idempotent producer whose epoch bump is answered PRODUCER_FENCED after
+        its messages timed out during a broker outage) means this librdkafka producer will never deliver again.
+        Start a new one; records that failed are produced again by their callers (rewind, retry), so none is lost.
+        """
+        with self._swap_lock:
+            if self._fatal is None:
+                return
+            reason, self._fatal = self._fatal, None
+            old, self._producer = self._producer, _RdProducer(self._conf)
+        self._replaced.inc()
+        event(log, "producer_replaced", level=30, error=reason.str())
+
+        def retire() -> None:
+            old.purge()
+            old.flush(5)
+
+        threading.Thread(target=retire, name="producer-retire", daemon=True).start()
 
     def count_delivered(self, topic: str, delivered: int, failed: int = 0) -> None:
         """Metrics for records whose delivery a caller tracked itself."""
         if delivered:
-            self._produced.labels(topic).inc(delivered)
+            self._counter(topic, True).inc(delivered)
         if failed:
-            self._failed.labels(topic).inc(failed)
+            self._counter(topic, False).inc(failed)
 
     def _produce_raw(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
                      callback: Callable) -> None:
@@ -167,7 +215,10 @@ class Producer:
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for every queued record's delivery report; returns how many are still undelivered."""
-        return self._producer.flush(timeout)
+        remaining = self._producer.flush(timeout)
+        if self._fatal is not None:
+            self._replace_after_fatal()
+        return remaining
 
     def __len__(self) -> int:
         return len(self._producer)
@@ -183,6 +234,8 @@ class Producer:
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.05)
+            if self._fatal is not None:
+                self._replace_after_fatal()
 
     async def send(self, topic: str, key: str | bytes | None, value: dict | bytes | None,
                    headers: Headers | None = None) -> Message:
@@ -419,6 +472,7 @@ class ConsumerLoop:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append(f"{msg.topic()}: {err.str()}")
+                self.producer.note_delivery_error(err)
 
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}

@@ -237,3 +237,22 @@ def test_topic_bootstrap_twice_changes_nothing(make_settings):
     assert second.drift == []
     meta = admin.list_topics(timeout=10)
     assert len(meta.topics[settings.topic("raw.telemetry.v1")].partitions) == 6
+
+
+def test_producer_replaces_itself_after_a_fatal_error(make_settings, create_topics):
+    from confluent_kafka import KafkaError
+
+    settings = make_settings()
+    create_topics(settings)
+    producer = Producer(settings)
+    producer.produce("raw.telemetry.v1", "line1-mixer", raw_reading(1))
+    assert producer.flush() == 0
+    first = producer._producer
+    # What librdkafka reports when an idempotent producer has been fenced for good.
+    producer.note_delivery_error(KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
+    producer.produce("raw.telemetry.v1", "line1-mixer", raw_reading(2))
+    assert producer._producer is not first
+    assert producer.close() == 0
+    ids = {AvroSerde().decode("raw.telemetry.v1", m.value())["id"]
+           for m in read_all(settings, "raw.telemetry.v1", expect=2)}
+    assert ids == {"r1", "r2"}
