@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker
-from lineguard.settings import Settings
+from lineguard.settings import Settings, read_dotenv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,9 +223,10 @@ def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenar
             "LINEGUARD_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
             "LINEGUARD_LOG_LEVEL": settings.log_level,
         }
-        env_file = ROOT / "embedded.env"
-        if env_file.is_file() and "LINEGUARD_ENV_FILE" not in os.environ:
-            common_env["LINEGUARD_ENV_FILE"] = str(env_file)
+        # The embedded profile's settings (webhook secrets, SFTP source, camera URL ...); the real environment wins,
+        # and what `up` decided itself (its broker, its ports) wins over both.
+        profile = {k: v for k, v in read_dotenv(ROOT / "embedded.env").items() if k not in os.environ}
+        common_env = {**profile, **common_env}
         services = available_services()
         if "ingest" in services or (with_simulator and simulator_available()):
             command = mosquitto_command(mqtt_port, workdir)
