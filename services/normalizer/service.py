@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=settings.batch_size, health=health)
     api = AssetGraphApi(normalizer)
     server = BackgroundHttpServer(lambda: build_app(health, api), settings.http_host, settings.http_port)
-    server.start()
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError) as exc:  # the port is taken, or the address is wrong
+        event(log, "http_server_failed", level=logging.ERROR, error=str(exc))
+        loop.consumer.close()
+        return 2
     loop.install_signal_handlers()
     # State first (readiness waits for it): the alarm state this service published before it stopped.
     health.set_ready(False, "restoring alarm state from line.alarms.v1")
