@@ -93,10 +93,29 @@ class Machine:
     inspects: bool = False
     sensors: list[Sensor] = field(default_factory=list)
     setpoints: dict[str, Setpoint] = field(default_factory=dict)
+    # Data points every controller reports besides its sensors: the machine's run state and each setpoint's
+    # current value (named after the parameter, or `<parameter>_setpoint` where a sensor already has that name).
+    derived_sensors: list[Sensor] = field(default_factory=list)
 
     @property
     def entity_id(self) -> str:
         return entity_id("Machine", self.line_id, self.id)
+
+    def all_sensors(self) -> list[Sensor]:
+        return [*self.sensors, *self.derived_sensors]
+
+    def derive_sensors(self) -> None:
+        device = f"{self.line_id}-{self.id}"
+        taken = {s.attribute for s in self.sensors}
+        derived = []
+        if "state" not in taken:
+            derived.append(Sensor(self.line_id, self.id, "state", device, "state", kind="state",
+                                  states=("running", "stopped", "fault")))
+        for parameter, sp in self.setpoints.items():
+            name = parameter if parameter not in taken else f"{parameter}_setpoint"
+            derived.append(Sensor(self.line_id, self.id, name, device, name, unit=sp.unit,
+                                  normal=Range(sp.min, sp.max)))
+        self.derived_sensors = derived
 
     def sensor(self, attribute: str) -> Sensor | None:
         return next((s for s in self.sensors if s.attribute == attribute), None)
@@ -132,9 +151,10 @@ class PlantModel:
             self._by_device_metric[(sensor.device, sensor.metric)] = sensor
 
     def sensors(self) -> Iterator[Sensor]:
+        """Every sensor, declared and derived (run state, setpoint values)."""
         for line in self.lines.values():
             for machine in line.machines.values():
-                yield from machine.sensors
+                yield from machine.all_sensors()
 
     def machines(self) -> Iterator[Machine]:
         for line in self.lines.values():
@@ -224,7 +244,7 @@ class AssetGraph:
                 )
             for machine in line.machines.values():
                 out.append(self.machine_entity(machine))
-                for sensor in machine.sensors:
+                for sensor in machine.all_sensors():
                     out.append(self.sensor_entity(sensor))
         return out
 
@@ -236,7 +256,7 @@ class AssetGraph:
             "machineType": {"type": "Property", "value": machine.type},
             "name": {"type": "Property", "value": machine.name},
             "partOf": {"type": "Relationship", "object": line.entity_id},
-            "hasSensor": {"type": "Relationship", "object": [s.id for s in machine.sensors]},
+            "hasSensor": {"type": "Relationship", "object": [s.id for s in machine.all_sensors()]},
         }
         feeds = [entity_id("Machine", machine.line_id, m) for m in machine.feeds]
         if feeds:
@@ -453,6 +473,7 @@ def _parse_machine(check: _Checker, raw: Any, mpath: str, line_id: str) -> Machi
             raise check.fail(raw_sp, f"{ppath}.max_step", f"must be positive, got {step}")
         machine.setpoints[parameter] = Setpoint(parameter, check.get(raw_sp, "unit", ppath, str, required=False),
                                                 default, low, high, step)
+    machine.derive_sensors()
     return machine
 
 

@@ -78,3 +78,18 @@ def test_setpoint_default_outside_limits_is_rejected():
     text = GOOD + "        setpoints:\n          - {parameter: t, min: 1, max: 2, default: 5, max_step: 1}\n"
     with pytest.raises(PlantModelError, match=r"setpoints\[0\]\.default: default 5.0 is outside"):
         parse_plant(text, source="plant.yaml")
+
+
+def test_every_machine_also_reports_its_state_and_setpoint_values(plant):
+    oven = plant.machine("line1", "oven")
+    # Setpoint values, named after the parameter, or <parameter>_setpoint where a sensor has the name already.
+    assert plant.sensor_for("line1-oven", "zone1_setpoint").unit == "CEL"
+    belt = plant.sensor_for("line1-oven", "belt_speed_setpoint")
+    assert belt.normal.min == oven.setpoints["belt_speed"].min
+    state = plant.sensor_for("line1-oven", "state")
+    assert state.kind == "state" and "stopped" in state.states
+    assert plant.sensor_for("line1-mixer", "state") is not None
+    # Derived sensors do not change what a machine declares (the simulator reads only those).
+    assert all(s.attribute != "zone1_setpoint" for s in oven.sensors)
+    graph_ids = {e["id"] for e in plant.graph().entities()}
+    assert "urn:ngsi-ld:Sensor:line1-oven-zone1_setpoint" in graph_ids
