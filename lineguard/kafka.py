@@ -478,6 +478,8 @@ class ConsumerLoop:
         next_offsets: dict[tuple[str, int], int] = {}
         produced: dict[str, int] = {}
         consumed: dict[tuple[str, int], int] = {}
+        batch_span = None
+        batch_trace: bytes | None = None
         processed: list[Record] = []
         produce = self.producer.produce
         prefix_len = len(self._prefix)
@@ -510,18 +512,26 @@ class ConsumerLoop:
                 outputs = handler(record)
                 if outputs:
                     trace_header = telemetry.traceparent(headers)
+                    if trace_header is None:
+                        # An input without trace context: one `process` span for the whole batch, not one per
+                        # record (a span costs far more than the transformation itself).
+                        if batch_span is None:
+                            batch_span, batch_trace = telemetry.start_batch_span(full_topic, self.group_id)
+                        trace_header = batch_trace
                     for out in outputs:
                         out_headers = out.headers
                         if trace_header is not None and telemetry.traceparent(out_headers) is None:
                             # One trace follows a reading across services: forward its context.
                             out_headers = [*(out_headers or ()), ("traceparent", trace_header)]
                         produce(out.topic, out.key, out.value, out_headers, on_delivery=on_delivery,
-                                trace=trace_header is None)
+                                trace=False)
                         produced[out.topic] = produced.get(out.topic, 0) + 1
             except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
                 self._dead_letter(msg, topic, "process", exc, on_delivery)
                 continue
             processed.append(record)
+        if batch_span is not None:
+            batch_span.end()
         self.stats.consumed += len(messages)
         self.stats.batches += 1
         if processed and self.sink is not None:

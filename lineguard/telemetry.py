@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, set_span_in_context
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _lock = threading.Lock()
@@ -109,10 +109,10 @@ _getter = _HeaderGetter()
 _setter = _HeaderSetter()
 
 
-def inject_headers(headers: Headers | None = None) -> Headers:
-    """Add the current trace context (W3C traceparent/tracestate) to Kafka headers."""
+def inject_headers(headers: Headers | None = None, context: otel_context.Context | None = None) -> Headers:
+    """Add the current (or given) trace context (W3C traceparent/tracestate) to Kafka headers."""
     headers = list(headers or [])
-    propagate.inject(headers, setter=_setter)
+    propagate.inject(headers, context=context, setter=_setter)
     return headers
 
 
@@ -164,3 +164,11 @@ def process_span(topic: str, headers: Headers | None, partition: int | None = No
         attributes=messaging_attributes("process", topic, partition=partition, group=group, offset=offset),
     ) as span:
         yield span
+
+
+def start_batch_span(topic: str, group: str | None = None) -> tuple[trace.Span, bytes | None]:
+    """A CONSUMER span `process <topic>` for a batch whose records carry no trace context, and the traceparent
+    header value that makes the batch's outputs its children. The caller ends the span."""
+    span = tracer().start_span(f"process {topic}", kind=SpanKind.CONSUMER,
+                               attributes=messaging_attributes("process", topic, group=group))
+    return span, traceparent(inject_headers(None, set_span_in_context(span)))

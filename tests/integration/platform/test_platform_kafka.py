@@ -256,3 +256,18 @@ def test_producer_replaces_itself_after_a_fatal_error(make_settings, create_topi
     ids = {AvroSerde().decode("raw.telemetry.v1", m.value())["id"]
            for m in read_all(settings, "raw.telemetry.v1", expect=2)}
     assert ids == {"r1", "r2"}
+
+
+def test_inputs_without_trace_context_share_one_batch_span(make_settings, create_topics):
+    settings = make_settings()
+    create_topics(settings)
+    producer = Producer(settings)
+    for i in range(5):  # raw bytes, produced without a span: no traceparent header
+        producer.produce("raw.telemetry.v1", "line1-mixer", producer.serde.encode("raw.telemetry.v1",
+                                                                                 raw_reading(i)), trace=False)
+    producer.flush()
+    loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], to_observation, batch_size=100)
+    run_loop_until(loop, consumed=5)
+    outputs = read_all(settings, "line.observations.v1", expect=5)
+    trace_ids = {dict(m.headers())["traceparent"].decode().split("-")[1] for m in outputs}
+    assert len(outputs) == 5 and len(trace_ids) <= loop.stats.batches
