@@ -5,21 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from lineguard.logs import event, get_logger, setup_logging
-from lineguard.settings import SettingsError
-from lineguard.telemetry import setup_tracing
+from lineguard.logs import event, get_logger
+from lineguard.service import start_service
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 
 
 def main() -> int:
-    try:
-        settings = IngestSettings.from_env()
-    except SettingsError as exc:
-        print(f"ingest: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.service_name, settings.log_level)
-    setup_tracing(settings.service_name)
+    settings = start_service(IngestSettings)
     sys.setswitchinterval(0.001)  # delivery callbacks wait less for the GIL behind the MQTT thread
     log = get_logger("services.ingest")
     try:

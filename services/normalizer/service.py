@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -18,9 +17,9 @@ from lineguard import telemetry
 from lineguard.avro import AvroSerde, SerdeError
 from lineguard.health import BackgroundHttpServer, Health, create_app
 from lineguard.kafka import ConsumerLoop, Output, Record
-from lineguard.logs import event, get_logger, setup_logging
+from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModelError, load_plant
-from lineguard.settings import SettingsError
+from lineguard.service import start_service
 from services.normalizer.api import AssetGraphApi
 from services.normalizer.lake import LakeWriter, S3Store, open_store
 from services.normalizer.mapping import ALARMS, RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
@@ -179,13 +178,7 @@ def build_app(health: Health, api: AssetGraphApi) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = NormalizerSettings.from_env()
-    except SettingsError as exc:
-        print(f"normalizer: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.service_name, settings.log_level)
-    telemetry.setup_tracing(settings.service_name)
+    settings = start_service(NormalizerSettings)
     try:
         plant = load_plant(settings.plant_path())
     except PlantModelError as exc:

@@ -1,0 +1,24 @@
+from dataclasses import dataclass
+
+import pytest
+
+from lineguard.service import start_service
+from lineguard.settings import Settings, env_field
+
+
+@dataclass(frozen=True)
+class WidgetSettings(Settings):
+    widget_batch: int = env_field(10)
+
+
+def test_invalid_setting_exits_2_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("LINEGUARD_WIDGET_BATCH", "lots")
+    with pytest.raises(SystemExit) as exit_info:
+        start_service(WidgetSettings)
+    assert exit_info.value.code == 2
+    assert "widget: invalid settings: LINEGUARD_WIDGET_BATCH='lots': expected an integer" in capsys.readouterr().err
+
+
+def test_valid_settings_are_returned(monkeypatch):
+    monkeypatch.setenv("LINEGUARD_WIDGET_BATCH", "25")
+    assert start_service(WidgetSettings).widget_batch == 25
