@@ -90,7 +90,7 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
         "type": "object",
         "properties": {
             "title": {"type": "string", "maxLength": 90},
-            "summary": {"type": "string", "maxLength": 240},
+            "summary": {"type": "string", "maxLength": 200},
             # the analysis decides the category; the model writes the words around it
             "category": {"type": "string", "enum": [analysis.category]},
             "root_cause_entity_id": {"type": "string", "enum": entities},
@@ -98,7 +98,7 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
             "evidence": {"type": "array", "minItems": 1, "maxItems": 4,
                          "items": {"type": "string", "enum": finding_ids}},
             "steps": {"type": "array", "minItems": 1, "maxItems": 3,
-                      "items": {"type": "string", "maxLength": 120}},
+                      "items": {"type": "string", "maxLength": 100}},
             "proposed_actions": action_schema,
             "references": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": sections}},
         },
@@ -107,12 +107,13 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
     }
 
 
-def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_chars: int = 360) -> str:
+def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_chars: int = 240) -> str:
+    """Short and plain: small models copy what they see first, so ids stay in the schema, not in the prose."""
     lines = [f"Line {analysis.line_id}, trigger {trigger}. Deterministic conclusion: category {analysis.category}, "
              f"severity {analysis.severity}, root cause entity {analysis.root_cause_entity or 'none'}.",
              f"Headline: {analysis.title}",
              f"Root cause: {analysis.root_cause_text}", "Findings:"]
-    for finding in analysis.findings[:8]:
+    for finding in analysis.findings[:6]:
         lines.append(f"- {finding.id}: {finding.description}")
     if analysis.actions:
         lines.append("Allowed actions:")
@@ -122,11 +123,10 @@ def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_char
     else:
         lines.append("Allowed actions: none (propose no setpoint change).")
     lines.append("Suggested steps: " + " | ".join(analysis.steps[:3]))
-    if hits:
-        lines.append("SOP sections:")
-        for hit in hits[:3]:
-            text = " ".join(hit.section.text.split())[:section_chars]
-            lines.append(f"- {hit.section.doc_id}#{hit.section.section}: {text}")
+    for hit in hits[:2]:
+        lines.append(f"The SOP says: {' '.join(hit.section.text.split())[:section_chars]}")
+    lines.append("Write the title, a one-sentence summary, the root cause and up to three short steps in plain "
+                 "words for the operator.")
     return "\n".join(lines)
 
 
@@ -173,9 +173,9 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
     if not all(isinstance(s, str) and s.strip() for s in draft["steps"]) or not draft["steps"]:
         errors.append("steps must be non-empty strings")
     if analysis.category == "sensor_fault" and not any(
-            word in " ".join(map(str, draft["steps"])).lower()
-            for word in ("sensor", "thermocouple", "probe", "calibrat")):
-        errors.append("a sensor fault needs a step that checks the sensor")
+            isinstance(step, str) and any(w in step.lower() for w in ("sensor", "thermocouple", "probe", "calibrat"))
+            and not re.search(r"\b(not|never|don't|no)\b", step.lower()) for step in draft["steps"]):
+        errors.append("a sensor fault needs a step that checks the sensor (and does not say not to)")
     allowed = {(a.machine_entity_id, a.parameter): a for a in analysis.actions}
     for proposal in draft["proposed_actions"]:
         if not isinstance(proposal, dict):
@@ -359,7 +359,7 @@ def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
     lines = request.prompt.splitlines()
     headline = next((x.split(": ", 1)[1] for x in lines if x.startswith("Headline: ")), "No headline given")
     cause = next((x.split(": ", 1)[1] for x in lines if x.startswith("Root cause: ")), "No root cause given")
-    return {"title": headline[:90], "summary": cause[:240],
+    return {"title": headline[:90], "summary": cause[:200],
             "category": request.prompt.split("category ", 1)[1].split(",", 1)[0],
             "root_cause_entity_id": props["root_cause_entity_id"]["enum"][0],
             "root_cause": cause[:160], "evidence": props["evidence"]["items"]["enum"][:2],
