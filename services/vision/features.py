@@ -204,7 +204,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # blisters are near white at their top (clipped to white in over-exposed frames); dough never is
     clipped = np.minimum(np.minimum(half_raw[..., 0], half_raw[..., 1]), half_raw[..., 2]) > 235.0
     white_half = ((lowest > 160.0) | clipped) & interior_half
-    near_bubble = _grow(bubble_high_half, 3)[crop_half].repeat(2, axis=0).repeat(2, axis=1)
+    near_bubble = _grow(bubble_high_half, 1)[crop_half].repeat(2, axis=0).repeat(2, axis=1)
 
     # 5. cracks: darker than both sides along one of four directions, in grey levels relative to the dough
     capped = np.minimum(luma_crop, np.uint8(min(255, 1.3 * dough_level)))
