@@ -60,9 +60,11 @@ class Health:
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
 
 
-def create_app(health: Health) -> web.Application:
-    """An aiohttp application with the health and metrics routes; add the service's own routes to it."""
-    app = web.Application()
+def create_app(health: Health, client_max_size: int = 1024**2) -> web.Application:
+    """An aiohttp application with the health and metrics routes; add the service's own routes to it.
+
+    `client_max_size` bounds a request body (aiohttp's default is 1 MiB; image batch uploads need more)."""
+    app = web.Application(client_max_size=client_max_size)
 
     async def livez(_: web.Request) -> web.Response:
         status = health.status()

@@ -9,7 +9,8 @@ import signal
 from aiohttp import web
 
 from lineguard.health import Health, create_app
-from lineguard.logs import event, get_logger, setup_logging
+from lineguard.logs import event, get_logger
+from lineguard.service import start_service
 from services.vision.detector import make_detector
 from services.vision.inspections import KafkaInspectionSink
 from services.vision.service import VisionService
@@ -42,8 +43,7 @@ async def serve(settings: VisionSettings) -> None:
         service_name=settings.service_name, max_image_bytes=settings.max_image_bytes,
         max_batch=settings.max_batch, expected_size=settings.expected_size(),
         detector_threads=settings.detector_threads)
-    app = create_app(health)
-    app._client_max_size = settings.max_request_bytes  # noqa: SLF001 - aiohttp reads it per request
+    app = create_app(health, client_max_size=settings.max_request_bytes)
     service.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -67,9 +67,7 @@ async def serve(settings: VisionSettings) -> None:
 
 
 def main() -> None:
-    settings = VisionSettings.from_env()
-    setup_logging(settings.service_name, settings.log_level)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(start_service(VisionSettings)))
 
 
 if __name__ == "__main__":
