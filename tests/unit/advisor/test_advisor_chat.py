@@ -1,0 +1,104 @@
+"""The chat API on the advisor's aiohttp app (no broker needed): grounding, auth, limits, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from lineguard.plant import default_plant_path, load_plant
+from services.advisor.chat import RateLimiter
+from services.advisor.engine import LineState
+from services.advisor.models import ModelAlias, create_provider
+from services.advisor.service import AdvisorService
+from services.advisor.settings import AdvisorSettings
+from services.advisor.window import LineHistory, LineWindow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def service_with(fixture: str, **overrides) -> AdvisorService:
+    settings = AdvisorSettings.from_env(environ={}, chat_tokens="alpha,beta", **overrides)
+    service = AdvisorService(settings, provider=create_provider(ModelAlias("a", "analysis", "x")),
+                             plant=load_plant(default_plant_path()))
+    doc = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    window = LineWindow.from_dict(doc["window"])
+    state = LineState("line1", windows={window.start_ms: window}, history=LineHistory.from_dict(doc["history"]))
+    state.watermark = window.end_ms - 1
+    service.states["line1"] = state
+    return service
+
+
+async def call(service: AdvisorService, requests: list[tuple[str, dict | None, str | None]]) -> list:
+    client = TestClient(TestServer(service.create_app()))
+    await client.start_server()
+    out = []
+    try:
+        for path, body, token in requests:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = await client.post(path, json=body, headers=headers) if body is not None else \
+                await client.get(path, headers=headers)
+            out.append((response.status, await response.text(), dict(response.headers)))
+    finally:
+        await client.close()
+    return out
+
+
+def test_advisor_chat_answers_from_the_window_with_evidence_and_sections() -> None:
+    service = service_with("conveyor_stop_600")
+    ((status, text, _),) = asyncio.run(call(service, [("/v1/lines/line1/ask",
+                                                       {"question": "Why did the detector stop?"}, "alpha")]))
+    assert status == 200
+    answer = json.loads(text)
+    assert "cooling conveyor" in answer["answer"].lower()
+    assert "explained by the cooling-conveyor" in answer["answer"]
+    ids = {e["finding_id"] for e in answer["evidence"]}
+    assert "silence:detector:inspections" in ids or "range:detector.items_per_minute:low" in ids
+    assert any(r["doc_id"] == "MAN-CONV-006" for r in answer["references"])
+
+
+def test_advisor_chat_streams_ndjson_chunks() -> None:
+    service = service_with("oven_zone_overheat_900")
+    ((status, text, headers),) = asyncio.run(call(service, [(
+        "/v1/lines/line1/ask", {"question": "What is wrong with the oven?", "stream": True}, "beta")]))
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["type"] == "evidence" and lines[0]["evidence"]
+    assert lines[-1] == {"type": "done", "fallback": False}
+    streamed = "".join(line["text"] for line in lines if line["type"] == "delta")
+    assert "zone2" in streamed and len([x for x in lines if x["type"] == "delta"]) > 1
+
+
+def test_advisor_chat_refuses_bad_requests() -> None:
+    service = service_with("normal_run_900", chat_rate_per_min=2)
+    results = asyncio.run(call(service, [
+        ("/v1/lines/line1/ask", {"question": "hi there"}, None),
+        ("/v1/lines/line1/ask", {"question": "hi there"}, "gamma"),
+        ("/v1/lines/line9/ask", {"question": "hi there"}, "alpha"),
+        ("/v1/lines/line1/ask", {"question": ""}, "alpha"),
+        ("/v1/lines/line1/ask", {"question": "anything wrong?"}, "alpha"),  # the bucket of 2 is now empty
+        ("/v1/lines/line1/recommendations", None, "beta"),
+    ]))
+    assert [r[0] for r in results] == [401, 401, 404, 400, 429, 200]
+    assert int(results[4][2]["Retry-After"]) >= 1
+    assert json.loads(results[5][1]) == {"line_id": "line1", "recommendations": []}
+    disabled = AdvisorService(AdvisorSettings.from_env(environ={}),
+                              provider=create_provider(ModelAlias("a", "analysis", "x")))
+    ((status, _, _),) = asyncio.run(call(disabled, [("/v1/lines/line1/ask", {"question": "x y z"}, "alpha")]))
+    assert status == 503
+
+
+def test_advisor_chat_normal_line_says_nothing_is_wrong() -> None:
+    service = service_with("normal_run_900")
+    ((_, text, _),) = asyncio.run(call(service, [("/v1/lines/line1/ask", {"question": "Is the oven ok?"}, "alpha")]))
+    assert "nothing is out of its normal range" in json.loads(text)["answer"]
+
+
+def test_advisor_rate_limiter_refills() -> None:
+    limiter = RateLimiter(per_minute=60)
+    assert all(limiter.take("t", now=0.0) == 0.0 for _ in range(60))
+    assert limiter.take("t", now=0.0) > 0
+    assert limiter.take("t", now=1.0) == 0.0  # one token a second
+    assert limiter.take("other", now=0.0) == 0.0
