@@ -84,6 +84,7 @@ _define("MIN", "time", 60.0, aliases=("min",))
 _define("MSEC", "time", 1e-3, aliases=("ms", "C26"))
 _define("LTR", "volume", aliases=("l", "L"))
 _define("VLT", "voltage", aliases=("V",))
+_define("2Z", "voltage", 1e-3, aliases=("mV",))
 _define("AMP", "current", aliases=("A",))
 
 # Physical limits in each quantity's base unit (the first unit defined above).

@@ -33,6 +33,7 @@ from services.normalizer.units import ImpossibleValueError, UnitError, conversio
     (1.5, "kW", "KWT", 1.5),
     (1500.0, "W", "KWT", 1.5),
     (12.0, "pcs", "C62", 12.0),
+    (3.6, "V", "2Z", 3600.0),  # the LoRaWAN sensor battery, millivolt
 ])
 def test_converts_to_the_canonical_unit(value: float, unit: str | None, target: str, expected: float) -> None:
     converted, clamped = convert(value, unit, target)
