@@ -321,6 +321,13 @@ class LocalLlamaProvider:
     async def generate(self, request: ModelRequest) -> ModelResponse:
         return await asyncio.to_thread(self.generate_sync, request)
 
+    def close(self) -> None:
+        """Free the model now (at interpreter exit llama.cpp's own finalizer may run after its library is gone)."""
+        with self._lock:
+            close = getattr(self.llama, "close", None)
+            if close is not None:
+                close()
+
     def generate_sync(self, request: ModelRequest) -> ModelResponse:
         started = time.perf_counter()
         with self._lock:

