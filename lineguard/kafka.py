@@ -21,11 +21,12 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Producer as _RdProducer
 
 from lineguard import telemetry
@@ -333,6 +334,19 @@ class Sink(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One consumed batch while its outputs are in flight."""
+
+    started: float
+    outstanding: int = 0  # outputs and dead letters produced and not yet reported
+    failures: list[str] = field(default_factory=list)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    consumed: dict[tuple[str, int], int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass
 class LoopStats:
     consumed: int = 0
@@ -358,6 +372,7 @@ class ConsumerLoop:
     batch_timeout_s: float = 0.2
     health: Health | None = None
     flush_timeout_s: float = 30.0
+    max_pending_batches: int = 4
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     stats: LoopStats = field(default_factory=LoopStats)
 
@@ -366,6 +381,8 @@ class ConsumerLoop:
         self.serde = self.serde or self.producer.serde
         self.health = self.health or Health(self.settings.service_name, self.settings.liveness_timeout_s)
         self._stopping = threading.Event()
+        self._pending: deque[_Batch] = deque()
+        self._done_offsets: dict[tuple[str, int], int] = {}  # next offset after the last acknowledged batch
         self._prefix = self.settings.topic_prefix
         self._assigned: set[tuple[str, int]] = set()
         service = self.settings.service_name
@@ -412,13 +429,17 @@ class ConsumerLoop:
         event(log, "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Make buffered output durable and commit, so the next owner does not redo finished work.
+        # Finish what is in flight, make buffered output durable and commit, so the next owner does not redo it.
+        self.producer.flush(self.flush_timeout_s)
+        self._complete()
         if self.sink is not None:
             self.sink.flush()
             self._store_held_offsets()
         with contextlib.suppress(KafkaException):  # nothing stored yet
             consumer.commit(asynchronous=False)
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        for p in partitions:
+            self._done_offsets.pop((p.topic, p.partition), None)
         if not self._assigned:
             self.health.set_ready(False, "no partitions assigned")
         event(log, "partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
@@ -438,6 +459,7 @@ class ConsumerLoop:
                     self._process_batch(messages)
                 else:
                     self.producer.poll(0)
+                    self._complete()
                     if self.sink is not None:
                         self._store_held_offsets()
         finally:
@@ -450,9 +472,10 @@ class ConsumerLoop:
             if self.sink is not None:
                 self.sink.flush()
                 self._store_held_offsets()
-            remaining = self.producer.flush(30)
+            remaining = self.producer.flush(self.flush_timeout_s)
             if remaining:
                 event(log, "shutdown_with_undelivered_records", level=40, remaining=remaining)
+            self._complete()
             try:
                 self.consumer.commit(asynchronous=False)
             except KafkaException as exc:
@@ -466,18 +489,23 @@ class ConsumerLoop:
     # --- the batch ------------------------------------------------------------------------------------------
 
     def _process_batch(self, messages: list[Message]) -> None:
-        started = time.perf_counter()
-        failures: list[str] = []
+        """Decode, handle and produce one batch; its offsets are stored once all its outputs are acknowledged.
+
+        Batches are pipelined: while Kafka acknowledges batch N the loop already works on N+1, and offsets are
+        stored strictly in batch order (`_complete`), so a crash never commits past an unacknowledged output.
+        """
+        batch = _Batch(time.perf_counter())
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            batch.outstanding -= 1
             if err is not None:
-                failures.append(f"{msg.topic()}: {err.str()}")
+                batch.failures.append(f"{msg.topic()}: {err.str()}")
                 self.producer.note_delivery_error(err)
 
-        first_offsets: dict[tuple[str, int], int] = {}
-        next_offsets: dict[tuple[str, int], int] = {}
-        produced: dict[str, int] = {}
-        consumed: dict[tuple[str, int], int] = {}
+        first_offsets = batch.first_offsets
+        next_offsets = batch.next_offsets
+        produced = batch.produced
+        consumed = batch.consumed
         batch_span = None
         batch_trace: bytes | None = None
         processed: list[Record] = []
@@ -506,6 +534,7 @@ class ConsumerLoop:
                 value = serde.decode(topic, raw) if decode else raw
             except SerdeError as exc:
                 self._dead_letter(msg, topic, "deserialize", exc, on_delivery)
+                batch.outstanding += 1
                 continue
             record = Record(topic, tp[1], offset, msg.key(), value, headers, msg.timestamp()[1], raw)
             try:
@@ -525,9 +554,11 @@ class ConsumerLoop:
                             out_headers = [*(out_headers or ()), ("traceparent", trace_header)]
                         produce(out.topic, out.key, out.value, out_headers, on_delivery=on_delivery,
                                 trace=False)
+                        batch.outstanding += 1  # after produce(): only a queued record gets a report
                         produced[out.topic] = produced.get(out.topic, 0) + 1
             except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
                 self._dead_letter(msg, topic, "process", exc, on_delivery)
+                batch.outstanding += 1
                 continue
             processed.append(record)
         if batch_span is not None:
@@ -538,20 +569,40 @@ class ConsumerLoop:
             try:
                 self.sink.write(processed)
             except Exception as exc:  # noqa: BLE001 - rewind and retry the batch, never skip it
-                failures.append(f"sink: {type(exc).__name__}: {exc}")
-        remaining = self.producer.flush(self.flush_timeout_s)
-        if remaining:
-            remaining = self._drain_paused()
-        if remaining or failures:
-            self._rewind(first_offsets, failures, remaining)
-            return
-        for (full_topic, _), count in consumed.items():
-            self._m_consumed.labels(full_topic[prefix_len:]).inc(count)
-        for topic, count in produced.items():
-            self.producer.count_delivered(topic, count)
-            self.stats.produced += count
-        self._store(next_offsets)
-        self._m_batch.observe(time.perf_counter() - started)
+                batch.failures.append(f"sink: {type(exc).__name__}: {exc}")
+        self._pending.append(batch)
+        self.producer.poll(0)
+        self._complete()
+        if len(self._pending) >= self.max_pending_batches:
+            self._wait_for_oldest()
+
+    def _complete(self) -> None:
+        """Store the offsets of every leading batch whose outputs are all acknowledged; rewind on a failure."""
+        prefix_len = len(self._prefix)
+        while self._pending and self._pending[0].outstanding <= 0:
+            batch = self._pending.popleft()
+            if batch.failures:
+                self._rewind(batch)
+                return
+            for (full_topic, _), count in batch.consumed.items():
+                self._m_consumed.labels(full_topic[prefix_len:]).inc(count)
+            for topic, count in batch.produced.items():
+                self.producer.count_delivered(topic, count)
+                self.stats.produced += count
+            self._store(batch.next_offsets)
+            self._done_offsets.update(batch.next_offsets)
+            self._m_batch.observe(time.perf_counter() - batch.started)
+
+    def _wait_for_oldest(self) -> None:
+        """Too many batches in flight: wait for the oldest; if Kafka stays slow, pause fetching until it catches up."""
+        deadline = time.monotonic() + self.flush_timeout_s
+        while self._pending and self._pending[0].outstanding > 0 and time.monotonic() < deadline \
+                and not self._stopping.is_set():
+            self.health.beat()
+            self.producer.poll(0.05)
+        if self._pending and self._pending[0].outstanding > 0:
+            self._drain_paused()
+        self._complete()
 
     def _store(self, next_offsets: dict[tuple[str, int], int]) -> None:
         held = self.sink.held_offsets() if self.sink is not None else {}
@@ -570,22 +621,19 @@ class ConsumerLoop:
                 event(log, "store_offsets_failed", level=30, error=str(exc))
 
     def _store_held_offsets(self) -> None:
-        """After a sink wrote buffered rows, move the stored offsets forward to what is now durable."""
-        if self.sink is None or not self._assigned:
+        """After a sink wrote buffered rows, move the stored offsets forward to what is now durable (never past a
+        batch whose outputs are still in flight)."""
+        if self.sink is None or not self._done_offsets:
             return
         held = self.sink.held_offsets()
-        positions = self.consumer.position([TopicPartition(t, p) for t, p in self._assigned])
-        targets: dict[tuple[str, int], int] = {}
-        for tp in positions:
-            if tp.offset == OFFSET_INVALID or tp.offset < 0:
+        prefix = self._prefix
+        offsets = []
+        for (full_topic, partition), done in self._done_offsets.items():
+            if self._assigned and (full_topic, partition) not in self._assigned:
                 continue
-            targets[(tp.topic, tp.partition)] = tp.offset
-        if targets:
-            prefix = self._prefix
-            offsets = []
-            for (full_topic, partition), pos in targets.items():
-                hold = held.get((full_topic[len(prefix):], partition))
-                offsets.append(TopicPartition(full_topic, partition, pos if hold is None else min(pos, hold)))
+            hold = held.get((full_topic[len(prefix):], partition))
+            offsets.append(TopicPartition(full_topic, partition, done if hold is None else min(done, hold)))
+        if offsets:
             with contextlib.suppress(KafkaException):
                 self.consumer.store_offsets(offsets=offsets)
 
@@ -603,13 +651,19 @@ class ConsumerLoop:
             event(log, "backpressure_resumed", undelivered=len(self.producer))
         return len(self.producer)
 
-    def _rewind(self, first_offsets: dict[tuple[str, int], int], failures: list[str], remaining: int) -> None:
-        """An output was not acknowledged: seek back and process the batch again (nothing is skipped)."""
+    def _rewind(self, failed: _Batch) -> None:
+        """An output was not acknowledged: seek back to the failed batch and process it (and every later one in
+        flight) again; nothing is skipped, some outputs may repeat (at-least-once)."""
+        targets = dict(failed.first_offsets)
+        for later in self._pending:
+            for tp, offset in later.first_offsets.items():
+                targets[tp] = min(offset, targets.get(tp, offset))
+        self._pending.clear()
         self.stats.redelivered_batches += 1
         self._m_redeliver.inc()
-        event(log, "batch_not_acknowledged_retrying", level=30, undelivered=remaining,
-              failures=failures[:5], partitions=len(first_offsets))
-        for (full_topic, partition), offset in first_offsets.items():
+        event(log, "batch_not_acknowledged_retrying", level=30, failures=failed.failures[:5],
+              partitions=len(targets))
+        for (full_topic, partition), offset in targets.items():
             try:
                 self.consumer.seek(TopicPartition(full_topic, partition, offset))
             except KafkaException as exc:
