@@ -201,7 +201,11 @@ class Analyzer:
         out: list[Finding] = []
         minutes = max(1e-9, (window.end_ms - window.start_ms) / 60_000)
         for machine in line.machines.values():
-            for sensor in machine.sensors:
+            declared = {sensor.attribute for sensor in machine.sensors}
+            # Derived data points (plant model): every machine's run state and its setpoint values.
+            for sensor in getattr(machine, "all_sensors", lambda m=machine: m.sensors)():
+                if sensor.kind != "state" and sensor.attribute not in declared:
+                    continue  # a setpoint's current value: used as the setpoint, not judged as a reading
                 if sensor.kind == "state":
                     state = window.state(machine.entity_id, sensor.attribute)
                     if state is not None and state.last in ("fault", "stopped"):
@@ -344,9 +348,25 @@ class Analyzer:
 
     # --- ranking -------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def reported_setpoints(window: LineWindow, line: Line) -> dict[tuple[str, str], float]:
+        """The setpoints the machines reported in the window (the plant model's derived data points:
+        `<parameter>`, or `<parameter>_setpoint` where a sensor has the parameter's name): the latest value."""
+        out: dict[tuple[str, str], float] = {}
+        for machine in line.machines.values():
+            taken = {s.attribute for s in machine.sensors}
+            for parameter in machine.setpoints:
+                stats = window.attribute(machine.entity_id,
+                                         parameter if parameter not in taken else f"{parameter}_setpoint")
+                if stats is not None and stats.count:
+                    out[(machine.id, parameter)] = stats.last
+        return out
+
     def analyse(self, window: LineWindow, history: LineHistory | None = None,
                 setpoints: dict[tuple[str, str], float] | None = None) -> Analysis:
         line = self._line(window.line_id)
+        # Actions start from the setpoint the machine reports now; an explicit override wins; else the recipe.
+        setpoints = {**self.reported_setpoints(window, line), **(setpoints or {})}
         findings = self.findings(window, history, setpoints)
         by_id = {f.id: f for f in findings}
         defect_rates = {f.attribute: f for f in findings if f.kind == "defect_rate"}

@@ -142,3 +142,24 @@ def test_advisor_silence_after_history() -> None:
     ids = result.finding_ids
     assert "silence:oven:readings" in ids and "silence:detector:inspections" in ids
     assert result.category != "none"
+
+
+def test_advisor_actions_start_from_the_setpoint_the_machine_reports() -> None:
+    window, history = load("oven_zone_overheat_900")
+    # the operator already lowered zone 2 once; the oven reports its setpoint as a derived data point
+    for i, at in enumerate((window.start_ms + 1000, window.end_ms - 1000)):
+        window.add("observations", {"id": f"sp{i}", "entity_id": MACHINE.format("oven"), "attribute": "zone2_setpoint",
+                                    "value": 175.0, "unit_code": "CEL", "observed_at": at})
+    result = Analyzer(PLANT).analyse(window, history)
+    (action,) = result.actions
+    assert (action.current, action.value) == (175.0, 160.0)
+    assert "range:oven.zone2_setpoint:high" not in result.finding_ids  # setpoint values are not judged
+
+
+def test_advisor_any_machine_reporting_fault_state_is_a_finding() -> None:
+    window, history = load("normal_run_900")
+    window.add("observations", {"id": "st1", "entity_id": MACHINE.format("mixer"), "attribute": "state",
+                                "value": "fault", "observed_at": window.end_ms - 1000})
+    result = Analyzer(PLANT).analyse(window, history)
+    assert "state:mixer.state:fault" in result.finding_ids
+    assert result.root_cause_machine == "mixer" and result.category == "equipment_fault"
