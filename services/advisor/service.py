@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
 import time
 import zlib
@@ -33,8 +34,9 @@ from lineguard import telemetry
 from lineguard.catalog import admin_client, load_catalog
 from lineguard.health import BackgroundHttpServer, Health, create_app
 from lineguard.kafka import ConsumerLoop, Producer, Record
-from lineguard.logs import event, get_logger, setup_logging
+from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel, load_plant
+from lineguard.service import start_service
 from services.advisor.engine import Due, EngineConfig, LineState, WindowEngine
 from services.advisor.models import ModelError, ModelProvider, create_provider, parse_aliases
 from services.advisor.recommend import Advisor, Outcome
@@ -471,10 +473,11 @@ class AdvisorService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = AdvisorSettings.from_env()
-    setup_logging(settings.service_name, settings.log_level)
-    telemetry.setup_tracing(settings.service_name)
-    event(log, "advisor_starting", settings=settings.redacted())
-    service = AdvisorService(settings)
+    settings = start_service(AdvisorSettings)  # exits 2 naming the variable when a setting is invalid
+    try:
+        service = AdvisorService(settings)
+    except ValueError as exc:  # an unknown model alias, a malformed alias table
+        print(f"advisor: invalid settings: {exc}", file=sys.stderr)
+        return 2
     service.run()
     return 0
