@@ -133,6 +133,7 @@ class AdvisorService:
         self.last_record_wall: dict[str, float] = {}
         self.due_since: dict[str, float] = {}
         self.published_ids: set[str] = set()
+        self._start_offsets: dict[tuple[str, int], int] = {}  # where a partition starts before its first record
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # line -> latest recommendations (for chat)
         self.outcomes: list[Outcome] = []  # kept for tests and the benchmark (bounded)
         self.latencies: list[tuple[str, float, float]] = []  # (trigger, due -> published s, model s)
@@ -297,20 +298,35 @@ class AdvisorService:
             self._enqueue(due)
 
     def lagging_kinds(self) -> set[str]:
-        """Input kinds whose topic still has unread records (their event time holds the watermarks back)."""
+        """Input kinds whose topic still has unread records (their event time holds the watermarks back).
+
+        A partition's next offset is the consumer's position; before the first record from it (just after a
+        start or restart) the position is unknown, so the committed offset (or the low watermark) stands in, and
+        an unknown high watermark is asked of the broker: unknown must hold windows back, never close them."""
         loop = self.loop
         if loop is None:
             return set()
+        consumer = loop.consumer
         lagging: set[str] = set()
         prefix_len = len(self.settings.topic_prefix)
         try:
-            assignment = loop.consumer.assignment()
-            for tp in loop.consumer.position(assignment):
+            for tp in consumer.position(consumer.assignment()):
                 kind = KIND_BY_TOPIC.get(tp.topic[prefix_len:])
-                if kind is None or kind in lagging or tp.offset < 0:
+                if kind is None or kind in lagging:
                     continue
-                _, high = loop.consumer.get_watermark_offsets(tp, cached=True)
-                if high is not None and high > tp.offset:
+                key = (tp.topic, tp.partition)
+                next_offset = tp.offset
+                if next_offset < 0:
+                    next_offset = self._start_offsets.get(key, -1)
+                    if next_offset < 0:
+                        committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=5)[0].offset
+                        low, _ = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                        next_offset = committed if committed >= 0 else low
+                        self._start_offsets[key] = next_offset
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                if high > next_offset:
                     lagging.add(kind)
         except KafkaException as exc:
             event(log, "lag_unknown", level=logging.WARNING, error=str(exc))
