@@ -11,6 +11,8 @@ then reports ready. Ctrl-C (or SIGTERM) stops the services first, the brokers la
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -45,6 +47,13 @@ COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
 
 class TansuNotFound(RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for a child process: Linux sends it SIGTERM when its parent dies, even by SIGKILL, so a killed
+    `lineguard up` (or test run) leaves no broker behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tansu_binary() -> str:
@@ -116,14 +125,15 @@ class Supervisor:
         prefix = f"{name:<{self._width}}|"
         if self.color:
             prefix = f"\033[{color}m{prefix}\033[0m"
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError, ValueError):  # a closed terminal or pipe must not stop us
             self.out.write(f"{prefix} {line.rstrip()}\n")
             self.out.flush()
 
     def start(self, child: Child) -> Child:
         env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
         child.proc = subprocess.Popen(child.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                      cwd=ROOT, text=True, errors="replace", start_new_session=True)
+                                      cwd=ROOT, text=True, errors="replace", start_new_session=True,
+                                      preexec_fn=die_with_parent)
         color = COLORS[len(self.children) % len(COLORS)]
         self.children.append(child)
         threading.Thread(target=self._pump, args=(child, color), daemon=True).start()

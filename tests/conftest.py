@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker
-from lineguard.embedded import free_port, mosquitto_command, port_open, tansu_command
+from lineguard.embedded import die_with_parent, free_port, mosquitto_command, port_open, tansu_command
 from lineguard.settings import Settings
 
 
 def _start(argv: list[str], port: int, name: str, timeout: float = 15.0) -> subprocess.Popen:
     log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout
     while not port_open("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -108,3 +108,26 @@ def test_up_is_ready_within_30_seconds_and_ctrl_c_leaves_no_process(tmp_path):
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
              "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
     assert alive == []
+
+
+def test_a_killed_supervisor_takes_its_children_with_it():
+    kafka_port = free_port()
+    proc = subprocess.Popen([*LINEGUARD, "up", "--kafka-port", str(kafka_port), "--no-simulator"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("lineguard | ready in"):
+                break
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert children, "the broker (at least) runs as a child"
+    finally:
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait()
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+                 "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    assert alive == []
