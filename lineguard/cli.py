@@ -71,7 +71,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         have = metadata.topics.get(full)
         partitions = str(len(have.partitions)) if have else "-"
         print(f"{full:<32} {partitions:>10}  {'yes' if have else 'MISSING':<10}  "
-              f"{spec.key or '-'} / {spec.schema or 'raw bytes (dead letters)'}")
+              f"{spec.key or '-'} / {spec.schema or ('raw bytes (dead letters)' if spec.is_dlq else 'raw bytes')}")
     extra = sorted(t for t in metadata.topics if t.startswith(prefix) and t[len(prefix):] not in catalog
                    and not t.startswith("__"))
     for name in extra:
@@ -144,7 +144,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return _fail(f"unknown topic {args.topic!r}; known: {', '.join(catalog.names(include_dlq=False))}")
     spec = catalog[topic]
     if spec.schema is None:
-        return _fail(f"{topic} carries raw bytes (a dead-letter topic); produce to the topic it belongs to")
+        return _fail(f"{topic} carries raw bytes, not Avro records (a dead-letter topic or a service's own state); "
+                     "produce to a topic with a schema")
     producer = Producer(settings)
     records: list[tuple[str | None, dict]] = []
     errors: list[str] = []
