@@ -167,10 +167,7 @@ class IngestPipeline:
     def __init__(self, settings: Settings, producer: Producer | None = None, dedup_capacity: int = 200000,
                  **producer_overrides: Any) -> None:
         self.settings = settings
-        self._producer_overrides = producer_overrides
         self.producer = producer or Producer(settings, **producer_overrides)
-        self._replace_lock = threading.Lock()
-        self.stats_producers_replaced = 0
         self.producer.start_polling()
         self.dedup = DedupCache(dedup_capacity)
         self._inflight: dict[str, list[_Batch]] = {}
@@ -312,21 +309,10 @@ class IngestPipeline:
 
     def _delivery_failed(self, err: KafkaError, producer: Producer) -> None:
         self.last_delivery_error = err.str()
-        if not (err.fatal() or err.code() == KafkaError.PRODUCER_FENCED):
-            return
-        # The producer will never deliver again (seen with Tansu after message timeouts: the idempotent
-        # producer's epoch bump is answered with PRODUCER_FENCED for good). Replace it; failed records are
-        # produced again by their adapters, so nothing is lost.
-        with self._replace_lock:
-            if producer is not self.producer:
-                return  # already replaced
-            replacement = Producer(self.settings, producer.serde, **self._producer_overrides)
-            replacement.start_polling()
-            self.producer = replacement
-            self.stats_producers_replaced += 1
-        event(log, "producer_replaced", level=30, error=err.str())
-        # Close the old one off its own polling thread (this callback runs on it); its queued records fail fast.
-        threading.Thread(target=producer.close, args=(5.0,), name="producer-close", daemon=True).start()
+        # After a fatal error (seen with Tansu after message timeouts: the idempotent producer's epoch bump is
+        # answered PRODUCER_FENCED for good) the shared Producer replaces its client; failed records are produced
+        # again by their adapters, so nothing is lost.
+        producer.note_delivery_error(err)
 
     def kafka_suspect(self) -> bool:
         """Records have waited long for Kafka: new HTTP data is refused at once instead of timing out."""
