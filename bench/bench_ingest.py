@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
-from lineguard.embedded import free_port, mosquitto_binary, port_open, tansu_command  # noqa: E402
+from lineguard.embedded import free_port, mosquitto_binary, start_listening, tansu_command  # noqa: E402
 from services.ingest.mqtt_adapter import BrokerAddress, MqttAdapter, make_client  # noqa: E402
 from services.ingest.pipeline import IngestPipeline  # noqa: E402
 from services.ingest.settings import IngestSettings  # noqa: E402
@@ -39,13 +39,7 @@ BUDGET = 20_000
 
 
 def start(argv: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 15
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{argv[0]} did not start")
-        time.sleep(0.05)
-    return proc
+    return start_listening(argv, port, argv[0])
 
 
 def messages(n: int, run: str, per_message: int = 1) -> list[tuple[str, bytes]]:

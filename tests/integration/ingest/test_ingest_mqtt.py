@@ -7,6 +7,7 @@ import time
 
 import pytest
 from ingest_helpers import TopicReader, http, publish_all, publisher
+from polling import wait_for
 
 from lineguard.embedded import free_port
 from services.ingest.mqtt_adapter import MqttAdapter
@@ -23,13 +24,6 @@ def reading_message(i: int, machine: str = "mixer", metric: str = "torque") -> t
     return f"plant/line1/{machine}/{metric}", json.dumps(body).encode()
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def start_adapter(settings, mosquitto_url: str, client_id: str, **overrides) -> tuple[IngestPipeline, MqttAdapter]:

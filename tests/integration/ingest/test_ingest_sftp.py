@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import polling
 import pytest
 import yaml
 from ingest_helpers import PASSWORD, RunningService, SftpServer, TopicReader
@@ -59,12 +59,7 @@ def write_report(directory: Path, batch: int, rows: list[str] | None = None) -> 
 
 
 def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return polling.wait_for(predicate, timeout)
 
 
 def done_files(server: SftpServer) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
+import polling
 import pytest
 from ingest_helpers import RunningService, TopicReader, publisher
 
@@ -20,12 +20,7 @@ T = 1_790_000_000_000
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return polling.wait_for(predicate, timeout)
 
 
 def test_sparkplug_node_lifecycle_through_the_service(ingest_settings, mosquitto_url):

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer
 from normalizer_records import T0, RawSet, make_raw_set
 
-from lineguard.embedded import free_port, port_open
+from lineguard.embedded import free_port
 from lineguard.kafka import Producer, dlq_headers
 from lineguard.plant import default_plant_path, load_plant
 from lineguard.settings import Settings
@@ -40,28 +40,6 @@ KILLS = 3
 def raw_set() -> RawSet:
     return make_raw_set(load_plant(default_plant_path()), readings=6000, alarms=60, inspections=200, bad=8,
                         step_ms=250)
-
-
-@pytest.fixture
-def moto_endpoint(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    log = open(tmp_path / "moto.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 20
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"moto_server did not start: {(tmp_path / 'moto.log').read_text()[-2000:]}")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def produce_all(settings: Settings, raw: RawSet) -> None:
