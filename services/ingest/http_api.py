@@ -139,6 +139,17 @@ class HttpIngest:
             return self._reject(adapter, 401, f"missing or wrong {SECRET_HEADER} header")
         return None
 
+    async def _webhook_body(self, adapter: str, request: web.Request, secret: str | None) -> bytes | web.Response:
+        """Authenticate a webhook call, count it and read its body; or the error response to send."""
+        denied = self._check_secret(adapter, request, secret)
+        if denied is not None:
+            return denied
+        self.metrics.received.labels(adapter).inc()
+        try:
+            return await self._body(request)
+        except _TooLarge:
+            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+
     async def _uplink(self, adapter: str, started: float, body: bytes, parse, address: str) -> web.Response:
         received_at = now_ms()
         try:
@@ -165,14 +176,9 @@ class HttpIngest:
     async def chirpstack(self, request: web.Request) -> web.Response:
         adapter = "chirpstack"
         started = time.monotonic()
-        denied = self._check_secret(adapter, request, self.settings.chirpstack_secret)
-        if denied is not None:
-            return denied
-        self.metrics.received.labels(adapter).inc()
-        try:
-            body = await self._body(request)
-        except _TooLarge:
-            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+        body = await self._webhook_body(adapter, request, self.settings.chirpstack_secret)
+        if isinstance(body, web.Response):
+            return body
         kind = lorawan_webhooks.chirpstack_event(request.query.get("event"))
         if kind != "up":
             # join, ack, txack, log, status, location, integration: acknowledged and counted, not ingested.
@@ -186,14 +192,9 @@ class HttpIngest:
     async def tts(self, request: web.Request) -> web.Response:
         adapter = "tts"
         started = time.monotonic()
-        denied = self._check_secret(adapter, request, self.settings.tts_secret)
-        if denied is not None:
-            return denied
-        self.metrics.received.labels(adapter).inc()
-        try:
-            body = await self._body(request)
-        except _TooLarge:
-            return self._reject(adapter, 413, f"body larger than {self.settings.max_body_bytes} bytes")
+        body = await self._webhook_body(adapter, request, self.settings.tts_secret)
+        if isinstance(body, web.Response):
+            return body
         try:
             kind, data = lorawan_webhooks.parse_tts(body)
         except InputError as exc:
