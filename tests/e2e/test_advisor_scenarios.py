@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from scenario_driver import RUN_START_MS, run_scenario
 
 from lineguard.plant import default_plant_path, load_plant
 from services.advisor.engine import LineState, WindowEngine
@@ -30,9 +30,6 @@ from services.advisor.recommend import Advisor, draft_from_analysis
 from services.advisor.retrieval import Retriever
 from services.advisor.settings import DOCS_DIR
 from services.advisor.window import LineHistory, LineWindow
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenario_driver import RUN_START_MS, run_scenario  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANT = load_plant(default_plant_path())

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from scenario_driver import RUN_START_MS, run_scenario
 
 from lineguard.avro import AvroSerde
+from lineguard.embedded import free_port
 from lineguard.kafka import Producer
 from lineguard.plant import default_plant_path, load_plant
 from services.advisor.engine import LineState, WindowEngine
@@ -28,20 +29,11 @@ from services.advisor.retrieval import Retriever
 from services.advisor.settings import DOCS_DIR
 from services.advisor.window import LineHistory, LineWindow
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
-from scenario_driver import RUN_START_MS, run_scenario  # noqa: E402
-
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 PLANT = load_plant(default_plant_path())
 TOPIC_BY_KIND = {"observations": "line.observations.v1", "alarms": "line.alarms.v1",
                  "inspections": "line.inspections.v1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scenario_records(name: str, until_s: float) -> list:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+
+from scenario_driver import RUN_START_MS, run_scenario  # noqa: E402
 
 from lineguard.plant import default_plant_path, load_plant  # noqa: E402
 from services.advisor.window import LineHistory, LineWindow, window_bounds  # noqa: E402
-from tests.e2e.scenario_driver import RUN_START_MS, run_scenario  # noqa: E402
 
 # scenario -> window starts (seconds into the run) to keep
 WANTED = {
