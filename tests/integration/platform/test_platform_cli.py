@@ -127,7 +127,9 @@ def test_a_killed_supervisor_takes_its_children_with_it():
     finally:
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait()
-    deadline = time.monotonic() + 10
+    # Children get SIGTERM from the kernel and shut down gracefully (flush, commit): allow the 30 s grace period
+    # a pod would get, not a few seconds.
+    deadline = time.monotonic() + 45
     alive = children
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
