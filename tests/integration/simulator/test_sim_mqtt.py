@@ -257,7 +257,7 @@ async def second_birth(recorder: Recorder, spec_pb2, base: str) -> list[mqtt.MQT
 
 
 async def test_sparkplug_session_after_a_broker_restart_has_a_new_bdseq(tmp_path, spec_pb2):
-    from lineguard.embedded import free_port, mosquitto_command, start_listening
+    from lineguard.embedded import free_port, mosquitto_command, port_open
 
     port = free_port()
     command = mosquitto_command(port, tmp_path)
@@ -265,7 +265,12 @@ async def test_sparkplug_session_after_a_broker_restart_has_a_new_bdseq(tmp_path
         pytest.skip("mosquitto is not installed")
 
     def start_broker() -> subprocess.Popen:
-        return start_listening(command, port, "mosquitto", timeout=10)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            assert time.monotonic() < deadline and proc.poll() is None, "mosquitto did not start"
+            time.sleep(0.05)
+        return proc
 
     def bd_seq(message) -> int:
         payload = spec_pb2.Payload()
