@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import getpass
 import os
 import shutil
 import signal
@@ -121,8 +122,11 @@ def mosquitto_command(port: int, workdir: Path) -> list[str] | None:
     if binary is None:
         return None
     conf = workdir / f"mosquitto-{port}.conf"
+    # `user`: run as root, Mosquitto would switch to its own user, and changing credentials clears the parent-death
+    # signal (die_with_parent), so a killed `lineguard up` would leave it running. Stay the user that started it.
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_inflight_messages 1000\nmax_queued_messages 100000\n")
+                    "max_inflight_messages 1000\nmax_queued_messages 100000\n"
+                    f"user {getpass.getuser()}\n")
     return [binary, "-c", str(conf)]
 
 
