@@ -6,7 +6,9 @@ development machine that caps a QoS 1 subscriber near 7,000-9,000 messages/s. Th
 - serves paho's reads from a 256 KiB buffer, and keeps parsing while the buffer holds data (no select per packet);
 - coalesces queued PUBACKs into one `send`;
 - `ack_many()` queues many PUBACKs with a single wake-up of the network thread;
-- `on_read_done` is called after each read burst, so a subscriber can handle the burst's messages as a batch.
+- `on_read_done` is called after each read burst, so a subscriber can handle the burst's messages as a batch;
+- hands QoS 0/1 messages straight to `on_message` (no per-message topic-filter walk, no unused publish-info
+  condition variable, no debug-log formatting) when no per-topic callbacks and no logger are set.
 Behaviour is otherwise paho's own (connect, keepalive, reconnect, TLS, will). It overrides private methods of
 paho 2.x, so it checks the version it was written against and falls back to stock paho for any other.
 """
@@ -21,6 +23,8 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 
 SUPPORTED = paho.mqtt.__version__.startswith("2.")
+# paho 2.2 decodes packets in its `_packet` module; older 2.x releases use stock message handling.
+_decode_publish = getattr(getattr(mqtt, "_packet", None), "decode_publish", None)
 _PUBACK = 0x40
 _READ_SIZE = 256 * 1024
 _WRITE_EVERY_PACKETS = 256
@@ -33,6 +37,39 @@ class FastClient(mqtt.Client):
         # Called on the network thread after each read burst (all messages read so far were delivered to
         # on_message): lets a subscriber handle a burst of messages as one batch.
         self.on_read_done: Callable[[], None] | None = None
+        self._topic_callbacks = False
+
+    def message_callback_add(self, sub: str, callback: Callable) -> None:
+        self._topic_callbacks = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        if qos == 2 or _decode_publish is None or self._topic_callbacks or self._logger is not None \
+                or self.on_log is not None or self.on_message is None:
+            return super()._handle_publish()
+        result = _decode_publish(command, self._in_packet["packet"], self._protocol)
+        message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
+        message.timestamp = mqtt.time_func()
+        message.state = mqtt.mqtt_ms_invalid
+        message.mid = result.mid
+        message._topic = result.topic
+        message.dup = result.dup
+        message.qos = result.qos
+        message.retain = result.retain
+        message.properties = result.properties
+        message.payload = result.payload
+        message.info = None  # only meaningful for messages this client publishes
+        with self._in_callback_mutex:
+            try:
+                self.on_message(self, self._userdata, message)
+            except Exception:
+                if not self.suppress_exceptions:
+                    raise
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if not self._rbuf:

@@ -137,7 +137,7 @@ class AdapterMetrics:
 
 
 class _Batch:
-    """Counts the delivery reports of one submit(); calls `done(errors)` once, when the last one arrives."""
+    """Counts the outcomes of one submit(); calls `done(errors)` once, when the last one arrives."""
 
     __slots__ = ("remaining", "errors", "done", "lock")
 
@@ -148,13 +148,44 @@ class _Batch:
         self.lock = threading.Lock()
 
     def report(self, error: str | None) -> None:
+        self.report_all([error] if error is not None else [])
+
+    def report_all(self, errors: list[str]) -> None:
+        """One outcome (of a record, a dead letter or a whole set of records) with its errors, if any."""
         with self.lock:
-            if error is not None:
-                self.errors.append(error)
+            self.errors.extend(errors)
             self.remaining -= 1
             finished = self.remaining == 0
         if finished:
             self.done(self.errors)
+
+
+class _Deliveries:
+    """The delivery reports of the fresh records of one submit(). Each report only counts (it runs once per
+    record on the polling thread and bounds the acknowledged rate); the bookkeeping (dedup, waiters, metrics)
+    runs once, when the last report is in."""
+
+    __slots__ = ("pipeline", "adapter", "batch", "records", "remaining", "failed", "lock")
+
+    def __init__(self, pipeline: IngestPipeline, adapter: str, batch: _Batch,
+                 records: list[tuple[Emit, bytes]]) -> None:
+        self.pipeline = pipeline
+        self.adapter = adapter
+        self.batch = batch
+        self.records = records
+        self.remaining = len(records)
+        self.failed: dict[bytes, str] = {}  # payload -> error, for the (rare) records Kafka did not take
+        self.lock = threading.Lock()
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed[msg.value()] = f"{msg.topic()}: {err.str()}"
+            self.pipeline._delivery_failed(err, self.pipeline.producer)
+        with self.lock:
+            self.remaining -= 1
+            finished = self.remaining == 0
+        if finished:
+            self.pipeline._settle(self)
 
 
 class DeliveryFailed(Exception):
@@ -186,12 +217,24 @@ class IngestPipeline:
         """Produce the records not delivered before, and the dead letters; `done(errors)` runs once every
         delivery report is in (on the producer's polling thread, or at once when nothing needed producing).
         Returns how many records were produced (duplicates excluded)."""
-        fresh: list[Emit] = []
+        dead_letters = list(dead_letters)
+        encoded: list[tuple[Emit, bytes]] = []
+        encode = self.producer.serde.encode
+        for record in records:
+            try:
+                encoded.append((record, encode(record.topic, record.value)))
+            except SerdeError as exc:
+                # A record that does not fit the schema is a bug in a mapping, never a reason to stop.
+                src = record.value.get("source") or {}
+                dead_letters.append(DeadLetter(repr(record.value).encode(), str(exc), type(exc).__name__,
+                                               src.get("protocol", adapter), src.get("address", record.topic),
+                                               src.get("position"), record.key))
+        fresh: list[tuple[Emit, bytes]] = []
         joined: list[str] = []  # ids already on their way to Kafka: wait for that delivery instead
         duplicates = 0
         with self._inflight_lock:
-            for record in records:
-                rid = record.value["id"]
+            for item in encoded:
+                rid = item[0].value["id"]
                 if rid in self.dedup:
                     duplicates += 1
                 elif rid in self._inflight:
@@ -199,8 +242,8 @@ class IngestPipeline:
                     joined.append(rid)
                 else:
                     self._inflight[rid] = []
-                    fresh.append(record)
-            total = len(fresh) + len(joined) + len(dead_letters)
+                    fresh.append(item)
+            total = (1 if fresh else 0) + len(joined) + len(dead_letters)
             if total == 0:
                 batch = None
             else:
@@ -212,46 +255,40 @@ class IngestPipeline:
         if batch is None:
             done([])
             return 0
-        trace_headers = self._trace_headers(fresh[0].topic if fresh else DEAD_LETTERS)
-        producer = self.producer
-        lock, inflight, dedup, monotonic = self._inflight_lock, self._inflight, self.dedup, time.monotonic
-        counters = {topic: self._produced_counter(adapter, topic) for topic in {r.topic for r in fresh}}
-
-        for record in fresh:
-            # Runs once per record on the polling thread: kept lean (it bounds the acknowledged rate).
-            def report(err: KafkaError | None, msg: Message | None, record: Emit = record) -> None:
-                rid = record.value["id"]
-                with lock:
-                    if err is None:
-                        dedup.add(rid)
-                    waiters = inflight.pop(rid, None)
-                if err is None:
-                    counters[record.topic].inc()
-                    self.last_delivery_ok = monotonic()
-                    error = None
-                else:
-                    error = f"{record.topic}: {err.str()}"
-                    self._delivery_failed(err, producer)
-                batch.report(error)
-                if waiters:
-                    for waiter in waiters:
-                        waiter.report(error)
-            try:
-                producer.produce(record.topic, record.key, record.value, trace_headers, on_delivery=report,
-                                 trace=False)
-            except SerdeError as exc:
-                # A record that does not fit the schema is a bug in a mapping, never a reason to stop.
-                with self._inflight_lock:
-                    waiters = self._inflight.pop(record.value["id"], [])
-                for waiter in waiters:
-                    waiter.report(f"{record.topic}: {exc}")
-                self._produce_dead_letter(adapter, DeadLetter(
-                    repr(record.value).encode(), str(exc), type(exc).__name__,
-                    record.value["source"]["protocol"], record.value["source"]["address"],
-                    record.value["source"].get("position"), record.key), batch)
+        if fresh:
+            trace_headers = self._trace_headers(fresh[0][0].topic)
+            on_delivery = _Deliveries(self, adapter, batch, fresh).on_delivery
+            produce = self.producer.produce
+            for record, payload in fresh:
+                produce(record.topic, record.key, payload, trace_headers, on_delivery=on_delivery, trace=False)
         for letter in dead_letters:
             self._produce_dead_letter(adapter, letter, batch)
         return len(fresh)
+
+    def _settle(self, deliveries: _Deliveries) -> None:
+        """Every record of one submit() has its delivery report: remember the delivered ids, release the
+        submits waiting on them, count, and report the outcome."""
+        failed = deliveries.failed
+        released: list[tuple[list[_Batch], str | None]] = []
+        delivered: dict[str, int] = {}
+        with self._inflight_lock:
+            for record, payload in deliveries.records:
+                rid = record.value["id"]
+                error = failed.get(payload) if failed else None
+                if error is None:
+                    self.dedup.add(rid)
+                    delivered[record.topic] = delivered.get(record.topic, 0) + 1
+                waiters = self._inflight.pop(rid, None)
+                if waiters:
+                    released.append((waiters, error))
+        for topic, count in delivered.items():
+            self._produced_counter(deliveries.adapter, topic).inc(count)
+        if delivered:
+            self.last_delivery_ok = time.monotonic()
+        deliveries.batch.report_all(list(failed.values()))
+        for waiters, error in released:
+            for waiter in waiters:
+                waiter.report(error)
 
     def _produced_counter(self, adapter: str, topic: str) -> Any:
         child = self._produced_children.get((adapter, topic))
