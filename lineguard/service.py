@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import TypeVar
 
@@ -28,3 +29,12 @@ def start_service(settings_cls: type[S]) -> S:
     event(get_logger("lineguard.service"), "service_starting", service=settings.service_name,
           settings=settings.redacted())
     return settings
+
+
+def tune_gc() -> None:
+    """Call once start-up is done (plant model, schemas, models loaded). A streaming hot path allocates many
+    short-lived dicts while batches in flight keep thousands alive: collect the young generation less often,
+    and move what start-up built out of the collector's way for good."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)

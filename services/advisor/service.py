@@ -36,7 +36,7 @@ from lineguard.health import BackgroundHttpServer, Health, create_app
 from lineguard.kafka import ConsumerLoop, Producer, Record
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel, load_plant
-from lineguard.service import start_service
+from lineguard.service import start_service, tune_gc
 from services.advisor.engine import Due, EngineConfig, LineState, WindowEngine
 from services.advisor.models import ModelError, ModelProvider, create_provider, parse_aliases
 from services.advisor.recommend import Advisor, Outcome
@@ -495,5 +495,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # an unknown model alias, a malformed alias table
         print(f"advisor: invalid settings: {exc}", file=sys.stderr)
         return 2
+    tune_gc()
     service.run()
     return 0

@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from lineguard.logs import event, get_logger
-from lineguard.service import start_service
+from lineguard.service import start_service, tune_gc
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 
@@ -20,6 +20,7 @@ def main() -> int:
     except (OSError, ValueError) as exc:  # e.g. an unreadable rules or sources file
         event(log, "ingest_failed_to_start", level=50, error=str(exc))
         return 2
+    tune_gc()
     asyncio.run(service.run(install_signals=True))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 import weakref
@@ -19,7 +18,7 @@ from lineguard.health import BackgroundHttpServer, Health, create_app
 from lineguard.kafka import ConsumerLoop, Output, Record
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModelError, load_plant
-from lineguard.service import start_service
+from lineguard.service import start_service, tune_gc
 from services.normalizer.api import AssetGraphApi
 from services.normalizer.lake import LakeWriter, S3Store, open_store
 from services.normalizer.mapping import ALARMS, RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
@@ -161,14 +160,6 @@ def read_published_alarms(settings: NormalizerSettings, serde: AvroSerde, timeou
                           partition=partition, error=str(exc))
     finally:
         consumer.close()
-
-
-def tune_gc() -> None:
-    """The hot path allocates many short-lived dicts: collect the young generation less often, and move what
-    start-up built (plant model, schemas, modules) out of the collector's way for good."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 def build_app(health: Health, api: AssetGraphApi) -> web.Application:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from lineguard.health import Health, create_app
 from lineguard.logs import event, get_logger
-from lineguard.service import start_service
+from lineguard.service import start_service, tune_gc
 from services.vision.detector import make_detector
 from services.vision.inspections import KafkaInspectionSink
 from services.vision.service import VisionService
@@ -45,6 +45,7 @@ async def serve(settings: VisionSettings) -> None:
         detector_threads=settings.detector_threads)
     app = create_app(health, client_max_size=settings.max_request_bytes)
     service.add_routes(app)
+    tune_gc()
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.http_port).start()

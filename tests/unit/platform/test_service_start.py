@@ -1,8 +1,9 @@
+import gc
 from dataclasses import dataclass
 
 import pytest
 
-from lineguard.service import start_service
+from lineguard.service import start_service, tune_gc
 from lineguard.settings import Settings, env_field
 
 
@@ -22,3 +23,14 @@ def test_invalid_setting_exits_2_naming_the_variable(monkeypatch, capsys):
 def test_valid_settings_are_returned(monkeypatch):
     monkeypatch.setenv("LINEGUARD_WIDGET_BATCH", "25")
     assert start_service(WidgetSettings).widget_batch == 25
+
+
+def test_tune_gc_freezes_start_up_objects_and_collects_the_young_generation_less_often():
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
