@@ -57,6 +57,7 @@ class DeadLetter:
     address: str
     position: str | None = None
     key: str | None = None
+    delivered: bool = False  # set once Kafka took it: a retried submit does not dead-letter it twice
 
 
 def now_ms() -> int:
@@ -217,7 +218,7 @@ class IngestPipeline:
         """Produce the records not delivered before, and the dead letters; `done(errors)` runs once every
         delivery report is in (on the producer's polling thread, or at once when nothing needed producing).
         Returns how many records were produced (duplicates excluded)."""
-        dead_letters = list(dead_letters)
+        dead_letters = [letter for letter in dead_letters if not letter.delivered]
         encoded: list[tuple[Emit, bytes]] = []
         encode = self.producer.serde.encode
         for record in records:
@@ -314,6 +315,7 @@ class IngestPipeline:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is None:
+                letter.delivered = True
                 self.metrics.dead_lettered.labels(adapter, reason_label).inc()
                 batch.report(None)
             else:

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, Message
 
 from lineguard.avro import AvroSerde
 from lineguard.settings import Settings
-from services.ingest.pipeline import DEAD_LETTERS, READINGS, IngestPipeline, reading, source
+from services.ingest.pipeline import DEAD_LETTERS, READINGS, DeadLetter, IngestPipeline, reading, source
 
 
 class RecordingProducer:
@@ -96,3 +96,17 @@ def test_a_record_that_does_not_fit_its_schema_is_dead_lettered_and_the_rest_del
     assert sorted(topic for topic, _, _ in producer.queued) == [READINGS, DEAD_LETTERS]
     producer.deliver_all()
     assert outcomes == [[]]
+
+
+def test_a_retried_submit_does_not_dead_letter_the_same_input_twice():
+    pipeline, producer = make_pipeline()
+    outcomes: list[list[str]] = []
+    letters = [DeadLetter(b"not json", "payload is not JSON", "InputError", "mqtt", "plant/line1/mixer/torque", "7")]
+    records = readings("a")
+    pipeline.submit("mqtt", records, outcomes.append, letters)
+    producer.deliver_all(fail_payload_containing=b"\x02a")  # the reading fails, the dead letter is delivered
+    assert len(outcomes[0]) == 1
+    pipeline.submit("mqtt", records, outcomes.append, letters)  # the adapter retries the whole message batch
+    assert [topic for topic, _, _ in producer.queued] == [READINGS]
+    producer.deliver_all()
+    assert outcomes[1] == []
