@@ -393,6 +393,15 @@ class ConsumerLoop:
                                             "Time to process one batch, from consume to offsets stored.")
         self._m_redeliver = telemetry.counter(service, "batch_retries",
                                               "Batches rewound because an output was not acknowledged.")
+        self._m_lag = telemetry.gauge(service, "consumer_lag_records",
+                                      "Records in a partition not consumed yet: high watermark minus position.",
+                                      ["topic", "partition"])
+        self._m_uncommitted = telemetry.gauge(
+            service, "uncommitted_records", "Records consumed whose offsets are not stored for commit yet: outputs "
+            "in flight, or rows a sink (the data lake) has not made durable.", ["topic", "partition"])
+        self._consumed_next: dict[tuple[str, int], int] = {}  # next offset after the last record consumed
+        self._stored_next: dict[tuple[str, int], int] = {}  # the offset last stored for commit
+        self._lag_reported_at = 0.0
         conf = {
             "bootstrap.servers": self.settings.kafka_bootstrap,
             "group.id": self.group_id,
@@ -439,7 +448,13 @@ class ConsumerLoop:
             consumer.commit(asynchronous=False)
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         for p in partitions:
-            self._done_offsets.pop((p.topic, p.partition), None)
+            tp = (p.topic, p.partition)
+            self._done_offsets.pop(tp, None)
+            self._consumed_next.pop(tp, None)
+            self._stored_next.pop(tp, None)
+            for gauge in (self._m_lag, self._m_uncommitted):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(p.topic[len(self._prefix):], str(p.partition))
         if not self._assigned:
             self.health.set_ready(False, "no partitions assigned")
         event(log, "partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
@@ -462,6 +477,8 @@ class ConsumerLoop:
                     self._complete()
                     if self.sink is not None:
                         self._store_held_offsets()
+                if time.monotonic() - self._lag_reported_at >= 1.0:
+                    self._report_lag()
         finally:
             self._shutdown()
         return self.stats
@@ -563,6 +580,9 @@ class ConsumerLoop:
             processed.append(record)
         if batch_span is not None:
             batch_span.end()
+        for tp, first in first_offsets.items():
+            self._stored_next.setdefault(tp, first)  # nothing stored yet: the group's position when we started
+        self._consumed_next.update(next_offsets)
         self.stats.consumed += len(messages)
         self.stats.batches += 1
         if processed and self.sink is not None:
@@ -619,6 +639,8 @@ class ConsumerLoop:
             except KafkaException as exc:
                 # Partition revoked meanwhile: its next owner replays the records (at-least-once).
                 event(log, "store_offsets_failed", level=30, error=str(exc))
+                return
+            self._note_stored(offsets)
 
     def _store_held_offsets(self) -> None:
         """After a sink wrote buffered rows, move the stored offsets forward to what is now durable (never past a
@@ -636,6 +658,30 @@ class ConsumerLoop:
         if offsets:
             with contextlib.suppress(KafkaException):
                 self.consumer.store_offsets(offsets=offsets)
+                self._note_stored(offsets)
+
+    def _note_stored(self, offsets: list[TopicPartition]) -> None:
+        stored = self._stored_next
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            if tp.offset > stored.get(key, -1):
+                stored[key] = tp.offset
+
+    def _report_lag(self) -> None:
+        """Per assigned partition: consumer lag (high watermark from the last fetch minus position) and records
+        consumed but not yet stored for commit. Once a second, from the loop's thread."""
+        self._lag_reported_at = time.monotonic()
+        prefix_len = len(self._prefix)
+        for (full_topic, partition), position in list(self._consumed_next.items()):
+            labels = (full_topic[prefix_len:], str(partition))
+            stored = self._stored_next.get((full_topic, partition), position)
+            self._m_uncommitted.labels(*labels).set(max(0, position - stored))
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(full_topic, partition), cached=True)
+            except (KafkaException, RuntimeError):
+                continue
+            if high is not None and high >= 0:
+                self._m_lag.labels(*labels).set(max(0, high - position))
 
     def _drain_paused(self) -> int:
         """Kafka is slow to acknowledge: stop fetching (pause) until the outputs are delivered, then resume."""

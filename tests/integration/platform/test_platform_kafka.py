@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from loop_helpers import raw_reading, to_observation
+from polling import wait_for
+from prometheus_client import REGISTRY
 from schema_samples import samples
 
 from lineguard.avro import AvroSerde
@@ -131,6 +133,62 @@ def test_handler_exception_dead_letters_only_that_record(make_settings, create_t
     headers = dlq_headers(dead[0].headers())
     assert headers["__connect.errors.stage"] == "process"
     assert headers["__connect.errors.exception.message"] == "reading r7 is impossible"
+
+
+class HoldingSink:
+    """A sink that never makes anything durable (a lake whose store is down): it holds every offset it saw."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, int], int] = {}
+
+    def write(self, records) -> None:
+        for record in records:
+            self.first.setdefault((record.topic, record.partition), record.offset)
+
+    def held_offsets(self) -> dict[tuple[str, int], int]:
+        return dict(self.first)
+
+    def flush(self) -> None:
+        pass
+
+
+def _gauge_total(service: str, what: str, topic: str) -> float:
+    name = f"lineguard_{service}_{what}"
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == name
+               for sample in metric.samples if sample.labels.get("topic") == topic)
+
+
+@pytest.mark.parametrize("sink", [None, HoldingSink], ids=["outputs acknowledged", "sink holds the rows"])
+def test_lag_and_uncommitted_records_are_reported_per_partition(make_settings, create_topics, sink):
+    service = f"lag{uuid.uuid4().hex[:6]}"
+    settings = make_settings(service_name=service)
+    create_topics(settings)
+    producer = Producer(settings)
+    for i in range(120):
+        producer.produce("raw.telemetry.v1", f"dev{i % 7}", raw_reading(i, device=f"dev{i % 7}"))
+    producer.flush()
+
+    def slow_observation(record):
+        time.sleep(0.02)  # about 2.5 s for all: the lag is seen while it shrinks
+        return to_observation(record)
+
+    loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], slow_observation,
+                        sink=sink() if sink else None, batch_size=10)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        lag_seen = 0.0
+        deadline = time.monotonic() + 30
+        while loop.stats.consumed < 120 and thread.is_alive() and time.monotonic() < deadline:
+            lag_seen = max(lag_seen, _gauge_total(service, "consumer_lag_records", "raw.telemetry.v1"))
+            time.sleep(0.05)
+        assert 0 < lag_seen < 120
+        held = 120 if sink else 0
+        assert wait_for(lambda: _gauge_total(service, "uncommitted_records", "raw.telemetry.v1") == held, timeout=5)
+        assert wait_for(lambda: _gauge_total(service, "consumer_lag_records", "raw.telemetry.v1") == 0, timeout=5)
+    finally:
+        loop.stop()
+        thread.join(30)
 
 
 def test_trace_context_travels_from_producer_to_output(make_settings, create_topics):
