@@ -320,8 +320,15 @@ class AdvisorService:
                     next_offset = self._start_offsets.get(key, -1)
                     if next_offset < 0:
                         committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=5)[0].offset
-                        low, _ = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-                        next_offset = committed if committed >= 0 else low
+                        if committed >= 0:
+                            next_offset = committed
+                        else:
+                            # The low watermark from the last fetch; asking the broker (ListOffsets) is a round
+                            # trip per partition, which took ~0.5 s each on Tansu and stalled the loop at start-up.
+                            low, _ = consumer.get_watermark_offsets(tp, cached=True)
+                            if low is None or low < 0:
+                                low, _ = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                            next_offset = low
                         self._start_offsets[key] = next_offset
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
