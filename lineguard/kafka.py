@@ -197,6 +197,14 @@ class Producer:
         if failed:
             self._counter(topic, False).inc(failed)
 
+    def produce_encoded(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
+                        callback: Callable[[KafkaError | None, Message], None]) -> None:
+        """The hot-path form of produce() for loops: topic already prefixed, key in bytes, value encoded, trace
+        context already in `headers`, and a delivery callback the caller counts with."""
+        if self._fatal is not None:
+            self._replace_after_fatal()
+        self._produce_raw(full, key, payload, headers, callback)
+
     def _produce_raw(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
                      callback: Callable) -> None:
         try:
@@ -526,8 +534,10 @@ class ConsumerLoop:
         batch_span = None
         batch_trace: bytes | None = None
         processed: list[Record] = []
-        produce = self.producer.produce
-        prefix_len = len(self._prefix)
+        produce_encoded = self.producer.produce_encoded
+        encode = self.producer.serde.encode
+        prefix = self._prefix
+        prefix_len = len(prefix)
         decode = self.decode
         serde = self.serde
         handler = self.handler
@@ -566,11 +576,16 @@ class ConsumerLoop:
                         trace_header = batch_trace
                     for out in outputs:
                         out_headers = out.headers
-                        if trace_header is not None and telemetry.traceparent(out_headers) is None:
+                        if trace_header is not None and out_headers is not headers and \
+                                telemetry.traceparent(out_headers) is None:
                             # One trace follows a reading across services: forward its context.
                             out_headers = [*(out_headers or ()), ("traceparent", trace_header)]
-                        produce(out.topic, out.key, out.value, out_headers, on_delivery=on_delivery,
-                                trace=False)
+                        value = out.value
+                        if isinstance(value, dict):
+                            value = encode(out.topic, value)
+                        key = out.key
+                        produce_encoded(prefix + out.topic, key.encode() if isinstance(key, str) else key, value,
+                                        out_headers, on_delivery)
                         batch.outstanding += 1  # after produce(): only a queued record gets a report
                         produced[out.topic] = produced.get(out.topic, 0) + 1
             except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
