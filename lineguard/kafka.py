@@ -33,7 +33,7 @@ from lineguard import telemetry
 from lineguard.avro import AvroSerde, SerdeError
 from lineguard.catalog import DLQ_SUFFIX
 from lineguard.health import Health
-from lineguard.logs import event, get_logger
+from lineguard.logs import Throttle, event, get_logger, throttled_event
 from lineguard.settings import Settings
 
 log = get_logger(__name__)
@@ -410,6 +410,7 @@ class ConsumerLoop:
         self._consumed_next: dict[tuple[str, int], int] = {}  # next offset after the last record consumed
         self._stored_next: dict[tuple[str, int], int] = {}  # the offset last stored for commit
         self._lag_reported_at = 0.0
+        self._dlq_log_throttle = Throttle()  # per topic, stage and error class; the DLQ metric counts them all
         conf = {
             "bootstrap.servers": self.settings.kafka_bootstrap,
             "group.id": self.group_id,
@@ -741,8 +742,9 @@ class ConsumerLoop:
                               trace=False)
         self.stats.dead_lettered += 1
         self._m_dlq.labels(topic, stage).inc()
-        event(log, "dead_lettered", level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-              stage=stage, error=f"{type(exc).__name__}: {exc}"[:500])
+        throttled_event(log, self._dlq_log_throttle, (topic, stage, type(exc).__name__), "dead_lettered",
+                        level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), stage=stage,
+                        error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 def error_headers(*, topic: str, stage: str, error_class: str, message: str, service: str,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 _SERVICE = "lineguard"
@@ -65,3 +67,45 @@ def get_logger(name: str) -> logging.Logger:
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one structured event."""
     logger.log(level, name, extra={"fields": fields})
+
+
+class Throttle:
+    """At most `limit` log lines per key in each `window_s`: a flood of bad input (every record of a broken
+    producer dead-lettered) must not bury the rest of the log. What is held back is counted and reported as
+    `suppressed` on the key's next line. Metrics still count every occurrence."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._keys: dict[Hashable, list] = {}  # key -> [window start, lines logged in it, suppressed]
+        self._lock = threading.Lock()
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: do not log this one. Otherwise log it, with the returned count of lines suppressed before it."""
+        now = self._clock()
+        with self._lock:
+            state = self._keys.get(key)
+            if state is None:
+                if len(self._keys) >= 10_000:  # keys come from the outside world (error messages): bounded
+                    self._keys.clear()
+                state = self._keys[key] = [now, 0, 0]
+            elif now - state[0] >= self.window_s:
+                state[0], state[1] = now, 0
+            if state[1] >= self.limit:
+                state[2] += 1
+                return None
+            state[1] += 1
+            suppressed, state[2] = state[2], 0
+            return suppressed
+
+
+def throttled_event(logger: logging.Logger, throttle: Throttle, key: Hashable, name: str,
+                    level: int = logging.INFO, **fields: Any) -> None:
+    """`event()`, unless `throttle` holds this key back; the line after a held-back stretch says how many."""
+    suppressed = throttle.admit(key)
+    if suppressed is None:
+        return
+    if suppressed:
+        fields["suppressed"] = suppressed
+    event(logger, name, level, **fields)

@@ -23,7 +23,7 @@ from lineguard import telemetry
 from lineguard.avro import SerdeError
 from lineguard.catalog import DLQ_SUFFIX
 from lineguard.kafka import Producer, error_headers
-from lineguard.logs import event, get_logger
+from lineguard.logs import Throttle, get_logger, throttled_event
 from lineguard.settings import Settings
 
 log = get_logger(__name__)
@@ -210,6 +210,7 @@ class IngestPipeline:
         self.instance = settings.instance_id
         self.last_delivery_error: str | None = None
         self.last_delivery_ok = time.monotonic()
+        self._dlq_log_throttle = Throttle()  # per adapter and error class; the dead_letters metric counts them all
 
     # --- producing ----------------------------------------------------------------------------------------------
 
@@ -324,8 +325,9 @@ class IngestPipeline:
 
         headers = dead_letter_headers(self.settings, letter, producer.full_topic(READINGS))
         producer.produce(DEAD_LETTERS, letter.key, letter.payload, headers, on_delivery=report, trace=False)
-        event(log, "dead_lettered", level=30, adapter=adapter, protocol=letter.protocol, address=letter.address,
-              position=letter.position, error=f"{letter.error_class}: {letter.reason}"[:300])
+        throttled_event(log, self._dlq_log_throttle, (adapter, letter.error_class), "dead_lettered", level=30,
+                        adapter=adapter, protocol=letter.protocol, address=letter.address, position=letter.position,
+                        error=f"{letter.error_class}: {letter.reason}"[:300])
 
     async def deliver(self, adapter: str, records: list[Emit], dead_letters: list[DeadLetter] = (),
                       timeout: float | None = None) -> int:
