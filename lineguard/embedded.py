@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import getpass
 import os
 import shutil
 import signal
@@ -122,11 +121,11 @@ def mosquitto_command(port: int, workdir: Path) -> list[str] | None:
     if binary is None:
         return None
     conf = workdir / f"mosquitto-{port}.conf"
-    # `user`: run as root, Mosquitto would switch to its own user, and changing credentials clears the parent-death
-    # signal (die_with_parent), so a killed `lineguard up` would leave it running. Stay the user that started it.
+    # Started as root, Mosquitto switches to its own user, and changing credentials clears the parent-death signal
+    # (die_with_parent): a killed `lineguard up` would leave it running. `user root` keeps it as it was started.
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_inflight_messages 1000\nmax_queued_messages 100000\n"
-                    f"user {getpass.getuser()}\n")
+                    "max_inflight_messages 1000\nmax_queued_messages 100000\n" + stay_root)
     return [binary, "-c", str(conf)]
 
 
