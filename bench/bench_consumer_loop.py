@@ -23,7 +23,6 @@ import io
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +32,7 @@ from confluent_kafka import Consumer
 from confluent_kafka import Producer as RdProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-from loop_helpers import raw_reading  # noqa: E402
+from loop_helpers import raw_reading, run_until_consumed  # noqa: E402
 
 from lineguard.avro import AvroSerde  # noqa: E402
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
@@ -108,13 +107,7 @@ def shared_loop(settings: Settings, out_prefix: str, records: int) -> float:
 
     loop = ConsumerLoop(settings, f"shared-{uuid.uuid4()}", ["raw.telemetry.v1"], handler,
                         producer=Producer(out_settings), batch_size=1000)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    while loop.stats.consumed < records:
-        time.sleep(0.005)
-    done = time.perf_counter()
-    loop.stop()
-    thread.join()
+    done = run_until_consumed(loop, records)
     return records / (done - first[0])
 
 

@@ -16,7 +16,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,9 @@ from confluent_kafka import Producer as RdProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "normalizer"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+from loop_helpers import run_until_consumed  # noqa: E402
 from normalizer_records import make_raw_set  # noqa: E402
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
@@ -131,13 +132,7 @@ def identity_loop(settings: Settings, expected: int) -> float:
         return [Output(record.topic + ".dlq", record.key, encode(record.topic, record.value))]
 
     loop.handler = handle
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    while loop.stats.consumed < expected:
-        time.sleep(0.005)
-    ended = time.perf_counter()
-    loop.stop()
-    thread.join(60)
+    ended = run_until_consumed(loop, expected)
     loop.producer.close(5)
     return expected / (ended - first[0])
 
@@ -157,13 +152,7 @@ def normalizer_loop(settings: Settings, expected: int, lake_dir: Path) -> tuple[
 
     loop = ConsumerLoop(settings, f"normalizer-{uuid.uuid4().hex[:6]}", INPUT_TOPICS, handle, sink=lake,
                         batch_size=BATCH)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    while loop.stats.consumed < expected:
-        time.sleep(0.005)
-    ended = time.perf_counter()
-    loop.stop()
-    thread.join(60)
+    ended = run_until_consumed(loop, expected)
     loop.producer.close(5)
     return expected / (ended - first[0]), lake
 

@@ -1,8 +1,26 @@
-"""Records and a handler shared by the platform's integration tests and the consumer-loop benchmark."""
+"""Records, a handler and a loop runner shared by the platform's integration tests and the loop benchmarks."""
 
 from __future__ import annotations
 
-from lineguard.kafka import Output, Record
+import threading
+import time
+
+from lineguard.kafka import ConsumerLoop, Output, Record
+
+
+def run_until_consumed(loop: ConsumerLoop, expected: int, timeout: float = 600.0) -> float:
+    """Run `loop` on its own thread until it has consumed `expected` records (or `timeout` passes), then stop it
+    and wait for its shutdown. Returns time.perf_counter() at the moment the count was reached."""
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while loop.stats.consumed < expected and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.005)
+    reached = time.perf_counter()
+    loop.stop()
+    thread.join(60)
+    assert not thread.is_alive(), "the consumer loop did not shut down within 60 s"
+    return reached
 
 
 def raw_reading(i: int, device: str = "line1-mixer") -> dict:

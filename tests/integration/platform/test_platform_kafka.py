@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from loop_helpers import raw_reading, to_observation
+from loop_helpers import raw_reading, run_until_consumed, to_observation
 from polling import wait_for
 from prometheus_client import REGISTRY
 from schema_samples import samples
@@ -48,17 +48,6 @@ def read_all(settings, topic: str, expect: int, timeout: float = 30.0) -> list:
     return out
 
 
-def run_loop_until(loop: ConsumerLoop, consumed: int, timeout: float = 30.0) -> None:
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while loop.stats.consumed < consumed and time.monotonic() < deadline:
-        time.sleep(0.1)
-    loop.stop()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-
-
 def test_round_trip_of_every_schema_in_both_wire_formats(make_settings, create_topics):
     single = make_settings()
     create_topics(single)
@@ -90,7 +79,7 @@ def test_bad_records_go_to_the_dlq_with_connect_headers_while_good_ones_flow(mak
     assert producer.flush() == 0
 
     loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], to_observation)
-    run_loop_until(loop, consumed=102)
+    run_until_consumed(loop, 102, timeout=30)
     assert loop.stats.dead_lettered == 2
 
     observations = read_all(settings, "line.observations.v1", expect=100)
@@ -127,7 +116,7 @@ def test_handler_exception_dead_letters_only_that_record(make_settings, create_t
         return to_observation(record)
 
     loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], picky)
-    run_loop_until(loop, consumed=20)
+    run_until_consumed(loop, 20, timeout=30)
     assert len(read_all(settings, "line.observations.v1", expect=19)) == 19
     dead = read_all(settings, "raw.telemetry.v1.dlq", expect=1)
     headers = dlq_headers(dead[0].headers())
@@ -201,7 +190,7 @@ def test_trace_context_travels_from_producer_to_output(make_settings, create_top
     traceparent = dict(source.headers())["traceparent"].decode()
     assert traceparent.startswith("00-") and len(traceparent.split("-")[1]) == 32
     loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], to_observation)
-    run_loop_until(loop, consumed=1)
+    run_until_consumed(loop, 1, timeout=30)
     out = read_all(settings, "line.observations.v1", expect=1)[0]
     assert dict(out.headers())["traceparent"].decode().split("-")[1] == traceparent.split("-")[1]
 
@@ -325,7 +314,7 @@ def test_inputs_without_trace_context_share_one_batch_span(make_settings, create
                                                                                  raw_reading(i)), trace=False)
     producer.flush()
     loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], to_observation, batch_size=100)
-    run_loop_until(loop, consumed=5)
+    run_until_consumed(loop, 5, timeout=30)
     outputs = read_all(settings, "line.observations.v1", expect=5)
     trace_ids = {dict(m.headers())["traceparent"].decode().split("-")[1] for m in outputs}
     assert len(outputs) == 5 and len(trace_ids) <= loop.stats.batches
