@@ -52,7 +52,8 @@ OVEN_TAU_S = 90.0
 NOMINAL_BELT_SPEED = 3.0  # m/min; the recipe's bake time is OVEN_LENGTH_M / this
 
 # Measurement noise (one standard deviation) by unit code; counts are exact.
-NOISE_BY_UNIT = {"CEL": 0.3, "NU": 0.4, "RPM": 0.4, "P1": 0.3, "2X": 0.01, "C62": 0.0, "GRM": 0.0, "KWT": 0.05}
+NOISE_BY_UNIT = {"CEL": 0.3, "NU": 0.4, "RPM": 0.4, "P1": 0.3, "2X": 0.01, "C62": 0.0, "GRM": 0.0, "KWT": 0.05,
+                 "AMP": 0.05}
 
 
 class ControlError(Exception):
@@ -550,6 +551,8 @@ class CookieLine:
         self.truth.update({
             ("mixer", "temperature"): self.mixer_temp,
             ("mixer", "torque"): self.torque,
+            # the drive motor's current follows the work on the dough: a real torque loss shows in both
+            ("mixer", "motor_current"): 2.0 + 0.2 * self.torque if self.mixer_speed > 1.0 else 0.0,
             ("mixer", "speed"): self.mixer_speed,
             ("depositor", "deposit_rate"): self.deposit_rate,
             ("oven", "zone1_temperature"): self.zone_temps[0],

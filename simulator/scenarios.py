@@ -22,6 +22,10 @@ A scenario file (see examples/cookie-line/scenarios/):
         setpoint_change: {machine: oven, parameter: zone2_setpoint, direction: decrease, value: 150.0}
         command: null           # or {machine: cooling-conveyor, action: start}
 
+Several faults at once: `faults:` (a list) instead of `fault:`, each fault with its own `expected:` (same shape as
+above) and optionally `judge_from_s` (a slow fault: windows before it may still say nothing); the top-level
+`expected` may then be left out (it becomes the first fault's).
+
 Invalid files raise ScenarioError naming the file and the field.
 """
 
@@ -113,6 +117,15 @@ class Expected:
 
 
 @dataclass(frozen=True)
+class FaultCase:
+    """One fault of a scenario with what the system should find for it."""
+
+    fault: Fault
+    expected: Expected
+    judge_from_s: float | None = None  # windows starting before this may miss a slow fault
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -121,10 +134,19 @@ class Scenario:
     expected: Expected
     source: str = "<memory>"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cases: tuple[FaultCase, ...] = ()
 
     @property
     def faults(self) -> list[Fault]:
+        if self.cases:
+            return [case.fault for case in self.cases]
         return [self.fault] if self.fault else []
+
+    def fault_cases(self) -> list[FaultCase]:
+        """Every fault with its expectation (a single-fault scenario: its one fault and `expected`)."""
+        if self.cases:
+            return list(self.cases)
+        return [FaultCase(self.fault, self.expected)] if self.fault else []
 
 
 def _fail(source: str, path: str, why: str) -> ScenarioError:
@@ -154,7 +176,20 @@ def parse_scenario(doc: Any, line: Line, source: str = "<scenario>") -> Scenario
     name = _get(doc, "name", "", str, source)
     raw_fault = doc.get("fault")
     fault = _parse_fault(raw_fault, line, source) if raw_fault is not None else None
-    expected = _parse_expected(_get(doc, "expected", "", dict, source), line, source)
+    cases: list[FaultCase] = []
+    raw_faults = doc.get("faults")
+    if raw_faults is not None:
+        if fault is not None or not isinstance(raw_faults, list) or not raw_faults:
+            raise _fail(source, "faults", "a non-empty list, instead of (not beside) `fault`")
+        for i, raw in enumerate(raw_faults):
+            one = _parse_fault(raw, line, f"{source}: faults[{i}]")
+            own = _parse_expected(_get(raw, "expected", f"faults[{i}]", dict, source), line,
+                                  f"{source}: faults[{i}]")
+            judge_from = _get(raw, "judge_from_s", f"faults[{i}]", float, source, required=False)
+            cases.append(FaultCase(one, own, judge_from))
+        fault = cases[0].fault
+    expected = (_parse_expected(_get(doc, "expected", "", dict, source), line, source)
+                if doc.get("expected") is not None or not cases else cases[0].expected)
     return Scenario(
         name=name,
         description=_get(doc, "description", "", str, source, required=False, default=""),
@@ -163,6 +198,7 @@ def parse_scenario(doc: Any, line: Line, source: str = "<scenario>") -> Scenario
         expected=expected,
         source=source,
         raw=doc,
+        cases=tuple(cases),
     )
 
 

@@ -25,6 +25,7 @@ from lineguard.plant import PlantModel
 from lineguard.telemetry import counter, histogram
 from services.advisor.analysis import Analysis, Analyzer, ProposedAction
 from services.advisor.models import ModelError, ModelProvider, ModelRequest, ModelResponse
+from services.advisor.prose import check_prose
 from services.advisor.retrieval import Hit, Retriever
 from services.advisor.window import LineHistory, LineWindow
 
@@ -97,8 +98,8 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
             "root_cause": {"type": "string", "maxLength": 160},
             "evidence": {"type": "array", "minItems": 1, "maxItems": 4,
                          "items": {"type": "string", "enum": finding_ids}},
-            "steps": {"type": "array", "minItems": 1, "maxItems": 3,
-                      "items": {"type": "string", "maxLength": 100}},
+            "steps": {"type": "array", "minItems": 1, "maxItems": max(3, min(6, len(analysis.steps))),
+                      "items": {"type": "string", "maxLength": 160}},
             "proposed_actions": action_schema,
             "references": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": sections}},
         },
@@ -112,7 +113,12 @@ def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_char
     lines = [f"Line {analysis.line_id}, trigger {trigger}. Deterministic conclusion: category {analysis.category}, "
              f"severity {analysis.severity}, root cause entity {analysis.root_cause_entity or 'none'}.",
              f"Headline: {analysis.title}",
-             f"Root cause: {analysis.root_cause_text}", "Findings:"]
+             f"Root cause: {analysis.root_cause_text}"]
+    if len(analysis.causes) > 1:
+        lines.append("Independent causes (name each): " + " | ".join(c.title for c in analysis.causes))
+    if analysis.waiting:
+        lines.append("Already done, waiting for effect: " + " | ".join(analysis.waiting))
+    lines.append("Findings:")
     for finding in analysis.findings[:6]:
         lines.append(f"- {finding.id}: {finding.description}")
     if analysis.actions:
@@ -122,7 +128,7 @@ def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_char
                          f"{action.value:g} {action.unit_code or ''} ({action.reason})")
     else:
         lines.append("Allowed actions: none (propose no setpoint change).")
-    lines.append("Suggested steps: " + " | ".join(analysis.steps[:3]))
+    lines.append("Suggested steps: " + " | ".join(analysis.steps[:6]))
     for hit in hits[:2]:
         lines.append(f"The SOP says: {' '.join(hit.section.text.split())[:section_chars]}")
     lines.append("Write the title, a one-sentence summary, the root cause and up to three short steps in plain "
@@ -206,6 +212,13 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
     for ref in draft["references"]:
         if ref not in sections and ref != "none":
             errors.append(f"reference {ref!r} is not a retrieved SOP section")
+    cited = {f"{h.section.doc_id}#{h.section.section}" for h in hits} & set(draft["references"])
+    texts = {"title": draft["title"], "summary": draft["summary"], "root cause": draft["root_cause"],
+             **{f"step {i + 1}": s for i, s in enumerate(draft["steps"]) if isinstance(s, str)},
+             **{f"action reason {i + 1}": str(p.get("reason") or "") for i, p in enumerate(draft["proposed_actions"])
+                if isinstance(p, dict)}}
+    errors += check_prose(texts, analysis, [h for h in hits if f"{h.section.doc_id}#{h.section.section}" in cited]
+                          or hits[:1], plant)
     return errors
 
 
@@ -299,6 +312,9 @@ class Advisor:
         return {"id": rec_id, "line_id": analysis.line_id, "window_start": analysis.window_start,
                 "window_end": analysis.window_end, "trigger": trigger, "severity": analysis.severity,
                 "category": analysis.category, "created_at": created,
+                "root_causes": [{"entity_id": c.entity_id, "category": c.category, "description": c.text or c.why,
+                                 "finding_ids": list(c.finding_ids), "waiting": list(c.waiting)}
+                                for c in analysis.causes],
                 "safety_notes": list(analysis.safety_notes), "compliance_notes": list(analysis.compliance_notes)}
 
     def _from_analysis(self, rec_id: str, analysis: Analysis, hits: list[Hit], trigger: str, created: int,
@@ -346,7 +362,7 @@ def draft_from_analysis(request: ModelRequest) -> dict[str, Any]:
     """A perfect answer derived from the request's schema and prompt: the stubbed instant model."""
     props = request.schema["properties"]
     steps = next((line.split(": ", 1)[1].split(" | ") for line in request.prompt.splitlines()
-                  if line.startswith("Suggested steps: ")), [])[:3]
+                  if line.startswith("Suggested steps: ")), [])[:props["steps"]["maxItems"]]
     actions = []
     action_items = props["proposed_actions"].get("items", {}).get("properties")
     if action_items:

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+SERIES_WINDOWS = 6  # closed windows per reading kept in the line's history (30 minutes of 5-minute windows)
 RECENT_ALPHA = 0.2  # weight of the newest reading in `recent`; about the last ten readings count
 
 
@@ -290,8 +291,16 @@ class LineHistory:
 
     last_seen: dict[str, int] = field(default_factory=dict)
     interval_ms: dict[str, float] = field(default_factory=dict)
+    # "<entity>|<attribute>" -> the last SERIES_WINDOWS closed windows' [end ms, mean, last] of a numeric reading:
+    # what drift detection (CUSUM over windows, rate of change) and the age of a deviation are judged from.
+    series: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def update(self, window: LineWindow) -> None:
+        for key, stats in window.attributes.items():
+            if stats.count:
+                points = self.series.setdefault(key, [])
+                points.append([float(window.end_ms), round(stats.mean, 4), round(stats.last, 4)])
+                del points[:-SERIES_WINDOWS]
         for entity, (_, last_at, count) in window.entities.items():
             previous = self.last_seen.get(entity)
             if count >= 2:
@@ -314,9 +323,16 @@ class LineHistory:
                 self.interval_ms[key] = gap if old is None else 0.5 * old + 0.5 * gap
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_seen": dict(self.last_seen), "interval_ms": dict(self.interval_ms)}
+        return {"last_seen": dict(self.last_seen), "interval_ms": dict(self.interval_ms),
+                "series": {k: [list(p) for p in v] for k, v in self.series.items()}}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> LineHistory:
         raw = raw or {}
-        return cls(dict(raw.get("last_seen", {})), dict(raw.get("interval_ms", {})))
+        return cls(dict(raw.get("last_seen", {})), dict(raw.get("interval_ms", {})),
+                   {k: [list(p) for p in v] for k, v in raw.get("series", {}).items()})
+
+    def previous(self, entity_id: str, attribute: str, before_ms: int) -> list[tuple[float, float]]:
+        """(window end, mean) of the closed windows before `before_ms`, oldest first."""
+        return [(p[0], p[1]) for p in self.series.get(LineWindow.key(entity_id, attribute), ())
+                if p[0] <= before_ms]
