@@ -747,10 +747,11 @@ class Analyzer:
 
     @staticmethod
     def signature(finding: Finding) -> str:
-        """The evidence a proposal stood on, coarsely: the finding and its level in whole tenths of the value's
-        magnitude class; a rejected proposal comes back only when this changes."""
-        value = finding.value or 0.0
-        return f"{finding.id}@{round(value / max(1.0, abs(value) * 0.1))}"
+        """The evidence a proposal stood on, coarsely: the finding and its level to two significant digits (230 °C
+        and 231 °C are the same evidence, 250 °C is new); a rejected proposal comes back only when this changes."""
+        value = float(finding.value or 0.0)
+        digits = 1 - int(math.floor(math.log10(abs(value)))) if value else 0
+        return f"{finding.id}@{round(value, digits):g}"
 
     def _claim(self, line: Line, findings: list[Finding], causes: list[RootCause]) -> None:
         """Each remaining finding goes to the one cause the asset graph and physics connect it to, or none."""

@@ -9,7 +9,10 @@ only phrases the answer and may cite only those findings and sections (checked a
 answer that fails is replaced by one composed from the analysis). With `"stream": true` the answer is sent as
 chunked NDJSON: one `evidence` line, `delta` lines of text, and a closing `done` line.
 
-Authentication: bearer tokens from LINEGUARD_CHAT_TOKENS (compared in constant time). Rate limit: a token
+    GET  /v1/lines/{line_id}/recommendations    Authorization: Bearer <token>   (the latest, newest last)
+
+Authentication: bearer tokens from LINEGUARD_CHAT_TOKENS (compared in constant time), for both routes; with no
+token set both answer 503. Rate limit: a token
 bucket of LINEGUARD_CHAT_RATE_PER_MIN questions per token and minute (429 with Retry-After when empty).
 """
 
@@ -217,8 +220,14 @@ def add_chat_routes(app: web.Application, service: AdvisorService) -> None:
         return response
 
     async def recommendations(request: web.Request) -> web.Response:
-        if tokens and authorised(request) is None:
-            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+        # The same bearer tokens as the chat: recommendations name the line's faults and actions. The console
+        # calls it server-side with LINEGUARD_ADVISOR_TOKEN (one of LINEGUARD_CHAT_TOKENS).
+        if not tokens:
+            return web.json_response({"error": "the recommendations API is disabled: set LINEGUARD_CHAT_TOKENS"},
+                                     status=503)
+        if authorised(request) is None:
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
         line_id = request.match_info["line_id"]
         with service.lock:
             recent = list(service.recent.get(line_id, ()))

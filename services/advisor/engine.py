@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.advisor.memory import LineMemory
 from services.advisor.recommend import recommendation_id
 from services.advisor.window import LineHistory, LineWindow, window_bounds
 
@@ -72,6 +73,7 @@ class LineState:
     done: deque[str] = field(default_factory=deque)  # published ids, newest last
     silence_checked_at: int = 0
     late_records: int = 0
+    memory: LineMemory = field(default_factory=LineMemory)  # actions and feedback on its recommendations
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class LineState:
             "fired": dict(self.fired), "last_immediate": dict(self.last_immediate),
             "pending": {k: d.to_dict() for k, d in self.pending.items()}, "done": list(self.done),
             "silence_checked_at": self.silence_checked_at, "late_records": self.late_records,
+            "memory": self.memory.to_dict(),
         }
 
     @classmethod
@@ -94,7 +97,7 @@ class LineState:
             last_immediate=dict(raw.get("last_immediate", {})),
             pending={k: Due.from_dict(d) for k, d in raw.get("pending", {}).items()},
             done=deque(raw.get("done", [])), silence_checked_at=int(raw.get("silence_checked_at", 0)),
-            late_records=int(raw.get("late_records", 0)),
+            late_records=int(raw.get("late_records", 0)), memory=LineMemory.from_dict(raw.get("memory")),
         )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel
 from lineguard.telemetry import counter, histogram
-from services.advisor.analysis import Analysis, Analyzer, ProposedAction
+from services.advisor.analysis import Analysis, Analyzer, Memory, ProposedAction
 from services.advisor.models import ModelError, ModelProvider, ModelRequest, ModelResponse
 from services.advisor.prose import check_prose
 from services.advisor.retrieval import Hit, Retriever
@@ -241,10 +241,11 @@ class Advisor:
 
     async def recommend(self, window: LineWindow, history: LineHistory | None, trigger: str,
                         setpoints: dict[tuple[str, str], float] | None = None, now_ms: int | None = None,
-                        window_end: int | None = None, rec_id: str | None = None) -> Outcome:
+                        window_end: int | None = None, rec_id: str | None = None,
+                        memory: Memory | None = None) -> Outcome:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r} (known: {', '.join(TRIGGERS)})")
-        analysis = self.analyzer.analyse(window, history, setpoints)
+        analysis = self.analyzer.analyse(window, history, setpoints, memory)
         if window_end is not None:
             analysis.window_end = window_end
         query = analysis.query_terms()

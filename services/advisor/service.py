@@ -49,6 +49,8 @@ SERVICE = "advisor"
 KIND_BY_TOPIC = {"line.observations.v1": "observations", "line.alarms.v1": "alarms",
                  "line.inspections.v1": "inspections"}
 RECOMMENDATIONS_TOPIC = "recommendations.v1"
+# What happened to the recommendations: not windowed, kept in the line's memory (applied, rejected, voted down).
+MEMORY_TOPICS = {"actions.v1": "actions", "feedback.v1": "feedback"}
 
 WINDOWS_CLOSED = telemetry.counter(SERVICE, "windows_closed", "Windows closed and evaluated.")
 TRIGGERS_FIRED = telemetry.counter(SERVICE, "triggers", "Evaluations that became due, by trigger.", ["trigger"])
@@ -275,6 +277,9 @@ class AdvisorService:
     # --- the consumer loop's handler ---------------------------------------------------------------------
 
     def handle(self, record: Record) -> None:
+        if record.topic in MEMORY_TOPICS:
+            self._remember(record)
+            return
         kind = KIND_BY_TOPIC.get(record.topic)
         if kind is None:
             raise ValueError(f"the advisor does not read topic {record.topic!r}")
@@ -296,6 +301,23 @@ class AdvisorService:
         self.folded += 1
         for due in dues:
             self._enqueue(due)
+
+    def _remember(self, record: Record) -> None:
+        value = record.value
+        line = value.get("line_id") if isinstance(value, dict) else None
+        if line not in self.plant.lines:
+            raise ValueError(f"unknown line {line!r} (known: {', '.join(sorted(self.plant.lines))})")
+        with self.lock:
+            state = self.states.get(line)
+            if state is None:
+                state = self.states[line] = LineState(line)
+            if MEMORY_TOPICS[record.topic] == "actions":
+                machine = next((m.id for m in self.plant.lines[line].machines.values()
+                                if m.entity_id == value["machine_entity_id"]), value.get("machine") or "")
+                state.memory.on_action(value, machine)
+            else:
+                state.memory.on_feedback(value)
+            self.dirty.add(line)
 
     def lagging_kinds(self) -> set[str]:
         """Input kinds whose topic still has unread records (their event time holds the watermarks back).
@@ -374,7 +396,10 @@ class AdvisorService:
             return
         window = LineWindow.from_dict(due.window)
         history = LineHistory.from_dict(due.history)
-        outcome = await self.advisor.recommend(window, history, due.trigger, rec_id=due.id)
+        with self.lock:
+            state = self.states.get(due.line_id)
+            memory = state.memory.memory(due.window_end) if state is not None else None
+        outcome = await self.advisor.recommend(window, history, due.trigger, rec_id=due.id, memory=memory)
         while True:
             try:
                 await self.publisher.send(RECOMMENDATIONS_TOPIC, due.line_id, outcome.record)
@@ -396,6 +421,7 @@ class AdvisorService:
             state = self.states.get(due.line_id)
             if state is not None:
                 self.engine.mark_done(state, due.id)
+                state.memory.note_recommendation(due.id, outcome.analysis)
                 self.dirty.add(due.line_id)
             self.recent.setdefault(due.line_id, deque(maxlen=20)).append(outcome.record)
             self.outcomes.append(outcome)
@@ -469,7 +495,7 @@ class AdvisorService:
         self.ensure_changelog_topic()
         self.start_http()
         self.restore()
-        self.loop = ConsumerLoop(self.settings, self.settings.group_id, list(KIND_BY_TOPIC), self.handle,
+        self.loop = ConsumerLoop(self.settings, self.settings.group_id, [*KIND_BY_TOPIC, *MEMORY_TOPICS], self.handle,
                                  sink=self.sink, batch_size=self.settings.batch_size, health=self.health)
         if install_signal_handlers:
             self.loop.install_signal_handlers()

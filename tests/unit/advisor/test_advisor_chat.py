@@ -80,14 +80,17 @@ def test_advisor_chat_refuses_bad_requests() -> None:
         ("/v1/lines/line1/ask", {"question": ""}, "alpha"),
         ("/v1/lines/line1/ask", {"question": "anything wrong?"}, "alpha"),  # the bucket of 2 is now empty
         ("/v1/lines/line1/recommendations", None, "beta"),
+        ("/v1/lines/line1/recommendations", None, None),
+        ("/v1/lines/line1/recommendations", None, "gamma"),
     ]))
-    assert [r[0] for r in results] == [401, 401, 404, 400, 429, 200]
+    assert [r[0] for r in results] == [401, 401, 404, 400, 429, 200, 401, 401]
     assert int(results[4][2]["Retry-After"]) >= 1
     assert json.loads(results[5][1]) == {"line_id": "line1", "recommendations": []}
     disabled = AdvisorService(AdvisorSettings.from_env(environ={}),
                               provider=create_provider(ModelAlias("a", "analysis", "x")))
-    ((status, _, _),) = asyncio.run(call(disabled, [("/v1/lines/line1/ask", {"question": "x y z"}, "alpha")]))
-    assert status == 503
+    statuses = asyncio.run(call(disabled, [("/v1/lines/line1/ask", {"question": "x y z"}, "alpha"),
+                                           ("/v1/lines/line1/recommendations", None, None)]))
+    assert [s[0] for s in statuses] == [503, 503]  # no token configured: nothing answers without auth
 
 
 def test_advisor_chat_normal_line_says_nothing_is_wrong() -> None:
