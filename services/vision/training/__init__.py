@@ -1,0 +1,1 @@
+"""Offline tools for the vision service (they import the simulator; the running service never does)."""
