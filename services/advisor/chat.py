@@ -30,6 +30,7 @@ from aiohttp import web
 from lineguard import telemetry
 from services.advisor.analysis import Analysis
 from services.advisor.models import ModelError, ModelRequest
+from services.advisor.prose import check_prose
 from services.advisor.retrieval import Hit
 from services.advisor.window import LineHistory, LineWindow
 
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 
 CHAT_REQUESTS = telemetry.counter("advisor", "chat_requests", "Chat questions by outcome.", ["outcome"])
 MAX_QUESTION = 500
+# Questions that try to change the advisor's instructions get a refusal, never an answer (issue 18).
+OVERRIDE = re.compile(r"\b(ignore|disregard|forget)\b.{0,30}\b(instructions|rules|prompt|sop|policy)\b|system\s*override|"
+                      r"\byou are now\b|\bpretend\b|\bjailbreak\b|\bdeveloper mode\b|\bact as\b", re.I)
+REFUSAL = ("I can only answer from the line's current analysis and its SOPs; I cannot change my instructions or "
+           "the plant's safety rules. Ask me about the line's readings, causes or the next step.")
 
 
 @dataclass
@@ -114,6 +120,9 @@ def compose_answer(service: AdvisorService, line_id: str, question: str, analysi
         evidence = [f.evidence() for f in relevant[:5]]
         if analysis.steps and analysis.category != "none":
             parts.append("What to do: " + " ".join(analysis.steps[:3]))
+        if analysis.category != "none" and (analysis.safety_notes or analysis.compliance_notes):
+            # the SOP's safety directives (segregate, lock out, do not open) always travel with the answer
+            parts.append("Safety: " + " ".join([*analysis.safety_notes, *analysis.compliance_notes]))
     else:
         parts.append("No data has arrived for this line in the current window yet.")
     for record in reversed(recent):
@@ -131,6 +140,11 @@ def compose_answer(service: AdvisorService, line_id: str, question: str, analysi
 
 
 async def answer_question(service: AdvisorService, line_id: str, question: str) -> dict[str, Any]:
+    if OVERRIDE.search(question):
+        CHAT_REQUESTS.labels("refused").inc()
+        return {"line_id": line_id, "question": question, "answer": REFUSAL, "evidence": [], "references": [],
+                "model": {"provider": "analysis", "model_id": "deterministic-analysis", "version": "1"},
+                "fallback": False, "refused": True}
     analysis, recent, hits = ground(service, line_id, question)
     composed = compose_answer(service, line_id, question, analysis, recent, hits)
     if service.provider.alias.provider == "analysis":
@@ -156,7 +170,14 @@ async def answer_question(service: AdvisorService, line_id: str, question: str) 
             or any(i not in finding_ids for i in data["evidence"])
             or not isinstance(data.get("references"), list) or any(r not in sections for r in data["references"])):
         return {**composed, "fallback": True}
-    return {**composed, "answer": data["answer"].strip(), "model": response.model}
+    if analysis is not None and check_prose({"answer": data["answer"]}, analysis, hits, service.plant):
+        return {**composed, "fallback": True}  # a claim the analysis does not support: the composed answer stands
+    answer = data["answer"].strip()
+    if analysis is not None and analysis.category != "none":
+        missing = [n for n in [*analysis.safety_notes, *analysis.compliance_notes] if n not in answer]
+        if missing:
+            answer += " Safety: " + " ".join(missing)
+    return {**composed, "answer": answer, "model": response.model}
 
 
 def add_chat_routes(app: web.Application, service: AdvisorService) -> None:

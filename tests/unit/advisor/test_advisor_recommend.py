@@ -112,6 +112,15 @@ def test_advisor_retry_that_succeeds_is_not_a_fallback() -> None:
     (lambda d: d.update(proposed_actions=[]), "is missing"),
     (lambda d: d.update(title="], action:"), "says nothing"),
     (lambda d: d["steps"].append("See SOP-OVEN-001#3 for urn:ngsi-ld:Machine:line1-oven"), "ids or markup"),
+    # prose that is checked (issue 18): the local model's unsafe step, invented numbers, machines, directions, units
+    (lambda d: d["steps"].append("Lower the oven's setpoint by 40.0 C or more."), "open-ended"),
+    (lambda d: d["steps"].append("Lower the zone 2 setpoint by 40 °C now."), "largest allowed step"),
+    (lambda d: d["steps"].append("Set the zone 2 setpoint to 120 °C."), "outside the setpoint limits"),
+    (lambda d: d.update(summary="Zone 2 has read 257.3 °C for an hour."), "not in the evidence"),
+    (lambda d: d.update(summary="The mixer torque is low and the cookies deform."), "does not involve"),
+    (lambda d: d["steps"].append("Raise zone2_setpoint to bring the heat back."), "wrong way"),
+    (lambda d: d.update(root_cause="Zone 2 reads 230 CEL against its setpoint."), "units must be symbols"),
+    (lambda d: d.update(summary="Zone 2 went hot at 03:17 UTC."), "not in the evidence"),
 ])
 def test_advisor_validation_refuses_unsafe_or_invented_output(mutate, problem) -> None:
     window, history = load("oven_zone_overheat_900")
