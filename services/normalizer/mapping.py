@@ -103,11 +103,14 @@ class Normalizer:
     """Maps raw records to unified records; keeps alarm state and the latest value of every attribute."""
 
     def __init__(self, plant: PlantModel, stale_after_ms: int = 300_000, max_clock_skew_ms: int = 3_600_000,
-                 on_unknown_device: Callable[[str], None] | None = None) -> None:
+                 max_clock_rate: float = 1.0, on_unknown_device: Callable[[str], None] | None = None) -> None:
         self.plant = plant
         self.graph = plant.graph()
         self.stale_after_ms = stale_after_ms
         self.max_clock_skew_ms = max_clock_skew_ms
+        self.max_clock_rate = max(1.0, max_clock_rate)
+        # device -> (observed_at, received_at) of its first reading: the anchor a fast device clock runs from
+        self._clock_anchor: dict[str, tuple[int, int]] = {}
         self.alarms = AlarmTracker()
         self.on_unknown_device = on_unknown_device
         self._plans: dict[tuple[str, str], _SensorPlan] = {}
@@ -184,12 +187,28 @@ class Normalizer:
                 plan.conversions[unit] = found
         return found
 
+    def _allowed_skew_ms(self, device: str, observed_at: int, received_at: int) -> float:
+        """How far in the future of its receipt a reading may be observed. With a clock rate above 1 (a simulated
+        clock at --speed N) the device's first reading anchors its clock, and later readings may run ahead of
+        that anchor by up to `max_clock_rate` times the time elapsed since, plus the skew."""
+        if self.max_clock_rate <= 1.0:
+            return self.max_clock_skew_ms
+        anchor = self._clock_anchor.get(device)
+        if anchor is None:
+            # a first reading further ahead than the rate allows for a whole skew period is a wrong clock, not speed
+            if observed_at - received_at > self.max_clock_rate * self.max_clock_skew_ms:
+                return self.max_clock_skew_ms
+            anchor = self._clock_anchor[device] = (observed_at, received_at)
+        elapsed = max(0, received_at - anchor[1])
+        return max(self.max_clock_skew_ms,
+                   anchor[0] - anchor[1] + (self.max_clock_rate - 1.0) * elapsed + self.max_clock_skew_ms)
+
     def observation(self, raw: dict) -> dict:
         plan = self._plan(raw["device"], raw["metric"])
         sensor = plan.sensor
         observed_at = to_epoch_ms(raw["observed_at"], "observed_at")
         received_at = to_epoch_ms(raw["received_at"], "received_at")
-        if observed_at - received_at > self.max_clock_skew_ms:
+        if observed_at - received_at > self._allowed_skew_ms(raw["device"], observed_at, received_at):
             raise InvalidTimestampError(
                 f"observed_at is {(observed_at - received_at) / 1000:.0f} s after received_at "
                 f"(more than the allowed clock skew of {self.max_clock_skew_ms / 1000:.0f} s)")

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         event(log, "plant_model_invalid", level=logging.ERROR, error=str(exc))
         return 2
     normalizer = Normalizer(plant, stale_after_ms=int(settings.stale_after_s * 1000),
-                            max_clock_skew_ms=int(settings.max_clock_skew_s * 1000))
+                            max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
+                            max_clock_rate=settings.max_clock_rate)
     pipeline = Pipeline(normalizer, settings.service_name, lake=settings.lake_enabled)
     sink: LakeWriter | None = None
     if settings.lake_enabled:

@@ -18,6 +18,10 @@ class NormalizerSettings(Settings):
         300.0, help="A reading received more than this long after it was observed is flagged 'stale'.")
     max_clock_skew_s: float = env_field(
         3600.0, help="A reading observed more than this far in the future of its receipt is rejected.")
+    max_clock_rate: float = env_field(
+        1.0, help="How many times faster than real time a device's clock may run (a simulator at --speed N): above "
+                  "1, a device's first reading anchors its clock and later ones may run ahead of that anchor up to "
+                  "this rate (plus the skew); 1 = every reading within the skew of its receipt.")
     lake_enabled: bool = env_field(True, help="Archive every normalized record to the data lake.")
     lake_dir: Path = env_field(Path("var/lake"), help="Local data lake directory (used when LINEGUARD_LAKE_URL "
                                                       "is unset).")
