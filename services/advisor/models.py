@@ -93,6 +93,9 @@ class ModelRequest:
     tool_name: str = "emit_recommendation"
     max_tokens: int = 600
     temperature: float = 0.0
+    # called with each piece of text as the model writes it (from the model's thread); providers that cannot
+    # stream ignore it and the caller gets the whole answer at once
+    on_text: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -349,6 +352,8 @@ class LocalLlamaProvider:
                     if delta:
                         parts.append(delta)
                         chunks += 1
+                        if request.on_text is not None:
+                            request.on_text(delta)
                     if time.perf_counter() - started > budget_s:
                         timed_out = True
                         break
@@ -381,10 +386,11 @@ class ScriptedProvider:
     """Answers from a function of the request, instantly: the stubbed model of the tests and the benchmark."""
 
     def __init__(self, answer: Callable[[ModelRequest], dict[str, Any] | str], alias: ModelAlias | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, chunk_delay_s: float = 0.0) -> None:
         self.alias = alias or ModelAlias("stub", "openai", "scripted", "1")
         self.answer = answer
         self.delay_s = delay_s
+        self.chunk_delay_s = chunk_delay_s  # with on_text: the text arrives in pieces, this far apart
         self.requests: list[ModelRequest] = []
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
@@ -393,6 +399,11 @@ class ScriptedProvider:
             await asyncio.sleep(self.delay_s)
         answer = self.answer(request)
         text = answer if isinstance(answer, str) else json.dumps(answer)
+        if request.on_text is not None:
+            for start in range(0, len(text), 12):
+                request.on_text(text[start:start + 12])
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)
         data, error = parse_json_output(text)
         return ModelResponse(data, text, self.alias.ref(), len(request.prompt) // 4, len(text) // 4,
                              latency_s=self.delay_s, error=error)

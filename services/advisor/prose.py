@@ -67,6 +67,7 @@ def allowed_numbers(analysis: Analysis, hits: Iterable[Hit]) -> set[float]:
         values.update(_numbers(text))
     for hit in hits:
         values.update(_numbers(hit.section.text))
+        values.update(_numbers(f"{hit.section.doc_id} {hit.section.section}"))
     return values
 
 

@@ -28,6 +28,9 @@ WANTED = {
     "humidity_rise": [900],
     "conveyor_stop": [600],
     "cooling_fault": [900],
+    "two_faults_overlap": [1200],
+    "torque_sensor_fault": [900],
+    "oven_zone_drift": [600],
 }
 
 

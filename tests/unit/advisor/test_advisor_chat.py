@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from lineguard.plant import default_plant_path, load_plant
 from services.advisor.chat import RateLimiter
 from services.advisor.engine import LineState
-from services.advisor.models import ModelAlias, create_provider
+from services.advisor.models import ModelAlias, ScriptedProvider, create_provider
 from services.advisor.service import AdvisorService
 from services.advisor.settings import AdvisorSettings
 from services.advisor.window import LineHistory, LineWindow
@@ -127,3 +128,66 @@ def test_advisor_chat_answer_carries_the_sop_safety_directive() -> None:
                                                   "alpha")]))
     answer = json.loads(text)["answer"]
     assert "segregate" in answer.lower() and "Do not open the oven inspection doors" in answer
+
+
+async def _stream(service: AdvisorService, body: dict) -> list[tuple[float, dict]]:
+    """The NDJSON lines of a streamed answer with the time each arrived."""
+    client = TestClient(TestServer(service.create_app()))
+    await client.start_server()
+    lines: list[tuple[float, dict]] = []
+    try:
+        started = time.perf_counter()
+        response = await client.post("/v1/lines/line1/ask", json={**body, "stream": True},
+                                     headers={"Authorization": "Bearer alpha"})
+        async for raw in response.content:
+            if raw.strip():
+                lines.append((time.perf_counter() - started, json.loads(raw)))
+    finally:
+        await client.close()
+    return lines
+
+
+def _model_service(fixture: str, answer, chunk_delay_s: float = 0.0) -> AdvisorService:  # noqa: ANN001
+    service = service_with(fixture)
+    service.provider = ScriptedProvider(answer, chunk_delay_s=chunk_delay_s)
+    service.advisor.provider = service.provider
+    return service
+
+
+def test_advisor_chat_streams_the_model_text_as_it_is_generated() -> None:
+    def answer(request):  # noqa: ANN001, ANN202
+        return {"answer": "Zone 2 of the tunnel oven runs hot. Lower zone2_setpoint in steps of at most 15.0 °C. "
+                          "Call maintenance to inspect the zone's burner gas valve.", "evidence": [], "references": []}
+
+    lines = asyncio.run(_stream(_model_service("oven_zone_overheat_900", answer, chunk_delay_s=0.03), {
+        "question": "What should I do?"}))
+    deltas = [(at, line["text"]) for at, line in lines if line["type"] == "delta"]
+    done_at = next(at for at, line in lines if line["type"] == "done")
+    assert lines[-1][1] == {"type": "done", "fallback": False}
+    assert deltas[0][1] == "Zone 2 of the tunnel oven runs hot."  # whole checked sentences, in order
+    assert deltas[0][0] < done_at - 0.3  # the first sentence went out long before the model finished
+    text = "".join(t for _, t in deltas)
+    assert "gas valve" in text and "segregate" in text.lower()  # the SOP's directive follows the model's words
+
+
+def test_advisor_chat_stream_stops_at_the_first_unchecked_sentence() -> None:
+    def answer(request):  # noqa: ANN001, ANN202
+        return {"answer": "Zone 2 of the tunnel oven runs hot. It is at 260 °C, keep packing.", "evidence": [],
+                "references": []}
+
+    lines = asyncio.run(_stream(_model_service("oven_zone_overheat_900", answer), {"question": "Status?"}))
+    text = "".join(line["text"] for _, line in lines if line["type"] == "delta")
+    assert "260" not in text and "keep packing" not in text
+    assert "segregate" in text.lower() and lines[-1][1] == {"type": "done", "fallback": True}
+
+
+def test_advisor_chat_remembers_the_last_turns_of_a_session() -> None:
+    service = service_with("two_faults_overlap_1200")
+    first, follow_up, fresh = asyncio.run(call(service, [
+        ("/v1/lines/line1/ask", {"question": "What is wrong with the mixer?", "session": "s1"}, "alpha"),
+        ("/v1/lines/line1/ask", {"question": "And what should I do about it?", "session": "s1"}, "alpha"),
+        ("/v1/lines/line1/ask", {"question": "And what should I do about it?", "session": "s2"}, "alpha"),
+    ]))
+    assert "Readings there: Dough mixer" in json.loads(first[1])["answer"]
+    assert "Readings there: Dough mixer" in json.loads(follow_up[1])["answer"]  # "it" is the mixer
+    assert "Readings there" not in json.loads(fresh[1])["answer"]  # another session has no such memory
