@@ -109,7 +109,11 @@ class BootstrapReport:
 
 
 def admin_client(bootstrap: str, extra: dict[str, str] | None = None) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    """An admin client for a bootstrap address (tools without settings); services use
+    `lineguard.kafka.clients.new_admin(settings)`, which adds the security settings itself."""
+    from lineguard.kafka.clients import admin_from_config
+
+    return admin_from_config({"bootstrap.servers": bootstrap, **(extra or {})})
 
 
 def bootstrap_topics(admin: AdminClient, catalog: Catalog, prefix: str = "", timeout: float = 30.0,

@@ -17,11 +17,11 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, TopicPartition
 
 from lineguard.avro import AvroSerde, RecordMismatchError, SerdeError
 from lineguard.catalog import CatalogError, admin_client, bootstrap_topics, load_catalog
-from lineguard.kafka import Producer, client_security
+from lineguard.kafka import Producer, client_security, new_consumer
 from lineguard.settings import Settings, SettingsError
 
 
@@ -92,8 +92,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     serde = AvroSerde(settings.schemas_dir, settings.schema_registry_url, settings.schema_registry_auth,
                       settings.topic_prefix)
     full = settings.topic(topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"lineguard-tail-{uuid.uuid4()}",
-                         "enable.auto.commit": False, **client_security(settings)})
+    consumer = new_consumer(settings, f"lineguard-tail-{uuid.uuid4()}", **{"enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(full, timeout=10)
         topic_meta = metadata.topics.get(full)
