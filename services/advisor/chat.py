@@ -36,7 +36,6 @@ from services.advisor.analysis import Analysis
 from services.advisor.models import ModelError, ModelRequest
 from services.advisor.prose import check_prose
 from services.advisor.retrieval import Hit
-from services.advisor.window import LineHistory, LineWindow
 
 if TYPE_CHECKING:
     from services.advisor.service import AdvisorService
@@ -88,15 +87,7 @@ def _mentioned_machines(service: AdvisorService, line_id: str, question: str) ->
 
 def ground(service: AdvisorService, line_id: str, question: str) -> tuple[Analysis | None, list[dict], list[Hit]]:
     """The analysis of the window in progress, the latest recommendations and the sections matching the question."""
-    with service.lock:
-        state = service.states.get(line_id)
-        window = history = None
-        if state is not None and state.windows:
-            latest = state.windows[max(state.windows)]
-            window = LineWindow.from_dict(service.engine._snapshot(latest))
-            window.end_ms = max(window.start_ms + 1, state.watermark + 1)
-            history = LineHistory.from_dict(state.history.to_dict())
-        recent = list(service.recent.get(line_id, ()))[-3:]
+    window, history, recent = service.state.window_now(line_id)
     analysis = service.advisor.analyzer.analyse(window, history) if window is not None else None
     query = question + " " + (analysis.query_terms() if analysis else "")
     if recent:

@@ -12,7 +12,6 @@ FACTORY = "lineguard/kafka/clients.py"
 CLIENTS = {"Consumer", "Producer", "AdminClient", "SerializingProducer", "DeserializingConsumer"}
 # Modules still on their own constructions, each with the reason and who moves it (empty when all are done).
 ALLOWED: dict[str, str] = {
-    "services/advisor/service.py": "changelog and recommendations reader: the advisor helper moves it to read_topic",
     "services/ingest/sftp_poller.py": "SFTP recovery read: moving to read_topic (issue 10, step 2)",
     "services/normalizer/service.py": "alarm restore: moving to read_topic (issue 10, step 2)",
 }

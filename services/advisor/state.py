@@ -1,0 +1,293 @@
+"""The advisor's state: open windows, triggers and memory per line, checkpointed to the compacted changelog.
+
+`AdvisorState` folds unified records into each line's `LineState` (the engine's windows and triggers), keeps
+what operators did about earlier recommendations (`LineMemory`, from actions.v1 and feedback.v1), closes
+windows as event time moves, and writes every changed line to the changelog (key: line id, value: the state as
+zlib-compressed JSON). `ChangelogSink` is the consumer loop's sink for that state: it holds back each input
+offset until a checkpoint that includes it is acknowledged, so a worker killed with SIGKILL restarts from its
+last checkpoint and replays the records after it (deduplicated by id inside a window).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from lineguard import telemetry, topics
+from lineguard.kafka import Producer, Record, Sink
+from lineguard.logs import event, get_logger
+from lineguard.plant import PlantModel
+from services.advisor.engine import Due, LineState, WindowEngine
+from services.advisor.window import LineHistory, LineWindow
+
+log = get_logger(__name__)
+SERVICE = "advisor"
+KIND_BY_TOPIC = {topics.LINE_OBSERVATIONS: "observations", topics.LINE_ALARMS: "alarms",
+                 topics.LINE_INSPECTIONS: "inspections"}
+# What happened to the recommendations: not windowed, kept in the line's memory (applied, rejected, voted down).
+MEMORY_TOPICS = {topics.ACTIONS: "actions", topics.FEEDBACK: "feedback"}
+
+RECORDS_FOLDED = telemetry.counter(SERVICE, "records_folded", "Unified records folded into windows.", ["kind"])
+LATE_RECORDS = telemetry.counter(SERVICE, "late_records", "Records that arrived after their window closed.")
+CHECKPOINTS = telemetry.counter(SERVICE, "checkpoints", "Window state checkpoints written to the changelog.",
+                                ["outcome"])
+OPEN_WINDOWS = telemetry.gauge(SERVICE, "open_windows", "Windows open across lines.")
+
+
+def encode_state(state: LineState) -> bytes:
+    return zlib.compress(json.dumps(state.to_dict(), separators=(",", ":")).encode(), 3)
+
+
+def decode_state(data: bytes) -> LineState:
+    return LineState.from_dict(json.loads(zlib.decompress(data)))
+
+
+class AdvisorState:
+    """Every line's state under one lock; the consumer loop's thread folds, the asyncio thread evaluates."""
+
+    def __init__(self, plant: PlantModel, engine: WindowEngine, changelog: Producer, changelog_topic: str) -> None:
+        self.plant = plant
+        self.engine = engine
+        self.changelog = changelog
+        self.changelog_topic = changelog_topic
+        self.lock = threading.RLock()
+        self.states: dict[str, LineState] = {}
+        self.dirty: set[str] = set()
+        self.last_record_wall: dict[str, float] = {}
+        self.published_ids: set[str] = set()
+        self.recent: dict[str, deque[dict[str, Any]]] = {}  # line -> latest recommendations (chat, API)
+        self.folded = 0
+
+    def _line_state(self, value: Any) -> LineState:
+        line = value.get("line_id") if isinstance(value, dict) else None
+        if line not in self.plant.lines:
+            raise ValueError(f"unknown line {line!r} (known: {', '.join(sorted(self.plant.lines))})")
+        state = self.states.get(line)
+        if state is None:
+            state = self.states[line] = LineState(line)
+        return state
+
+    # --- the consumer loop's thread ----------------------------------------------------------------------
+
+    def fold(self, topic: str, value: Any) -> list[Due]:
+        """One unified record (or an action or feedback record); returns the immediate evaluations it fired."""
+        if topic in MEMORY_TOPICS:
+            with self.lock:
+                state = self._line_state(value)
+                if MEMORY_TOPICS[topic] == "actions":
+                    machine = next((m.id for m in self.plant.lines[state.line_id].machines.values()
+                                    if m.entity_id == value["machine_entity_id"]), value.get("machine") or "")
+                    state.memory.on_action(value, machine)
+                else:
+                    state.memory.on_feedback(value)
+                self.dirty.add(state.line_id)
+            return []
+        kind = KIND_BY_TOPIC.get(topic)
+        if kind is None:
+            raise ValueError(f"the advisor does not read topic {topic!r}")
+        with self.lock:
+            state = self._line_state(value)
+            late_before = state.late_records
+            dues = self.engine.add(state, kind, value)  # immediate triggers; windows close in advance()
+            if state.late_records != late_before:
+                LATE_RECORDS.inc()
+            self.dirty.add(state.line_id)
+            self.last_record_wall[state.line_id] = time.monotonic()
+        RECORDS_FOLDED.labels(kind).inc()
+        self.folded += 1
+        return dues
+
+    def advance(self, lagging: set[str]) -> list[Due]:
+        """Move every line's watermark (held back by `lagging` input kinds); the windows it closed."""
+        dues: list[Due] = []
+        with self.lock:
+            for line, state in self.states.items():
+                closed = self.engine.advance(state, lagging)
+                if closed:
+                    self.dirty.add(line)
+                    dues += closed
+        return dues
+
+    # --- the asyncio thread ------------------------------------------------------------------------------
+
+    def close_idle(self) -> list[Due]:
+        """Close the windows of lines that sent nothing for a while (wall clock)."""
+        now = time.monotonic()
+        dues: list[Due] = []
+        with self.lock:
+            for line, state in self.states.items():
+                closed = self.engine.close_idle(state, int((now - self.last_record_wall.get(line, now)) * 1000))
+                if closed:
+                    self.dirty.add(line)
+                    dues += closed
+        return dues
+
+    def memory_for(self, line_id: str, at_ms: int) -> Any:
+        with self.lock:
+            state = self.states.get(line_id)
+            return state.memory.memory(at_ms) if state is not None else None
+
+    def already_published(self, due: Due) -> bool:
+        with self.lock:
+            if due.id not in self.published_ids:
+                return False
+            state = self.states.get(due.line_id)
+            if state is not None:
+                self.engine.mark_done(state, due.id)
+                self.dirty.add(due.line_id)
+            return True
+
+    def published(self, due: Due, record: dict[str, Any], analysis: Any) -> None:
+        with self.lock:
+            if len(self.published_ids) > 100_000:  # bounded: the states' `done` lists keep the recent ones
+                self.published_ids = {i for state in self.states.values() for i in state.done}
+            self.published_ids.add(due.id)
+            state = self.states.get(due.line_id)
+            if state is not None:
+                self.engine.mark_done(state, due.id)
+                state.memory.note_recommendation(due.id, analysis)
+                self.dirty.add(due.line_id)
+            self.recent.setdefault(due.line_id, deque(maxlen=20)).append(record)
+
+    def window_now(self, line_id: str) -> tuple[LineWindow | None, LineHistory | None, list[dict[str, Any]]]:
+        """The window in progress (as far as event time went), the history and the latest recommendations."""
+        with self.lock:
+            state = self.states.get(line_id)
+            window = history = None
+            if state is not None and state.windows:
+                latest = state.windows[max(state.windows)]
+                window = LineWindow.from_dict(self.engine._snapshot(latest))
+                window.end_ms = max(window.start_ms + 1, state.watermark + 1)
+                history = LineHistory.from_dict(state.history.to_dict())
+            return window, history, list(self.recent.get(line_id, ()))[-3:]
+
+    def pending(self) -> int:
+        with self.lock:
+            return sum(len(s.pending) for s in self.states.values())
+
+    # --- recovery and checkpoints ------------------------------------------------------------------------
+
+    def restore(self, changelog: Iterable[tuple[bytes | None, bytes | None]], published: set[str]) -> list[Due]:
+        """Recover every line from the changelog's records and the ids already published; the evaluations that
+        were due but not published, to run again."""
+        restored: dict[str, LineState] = {}
+        for key, value in changelog:
+            if key is None:
+                continue
+            line = key.decode()
+            if value is None:
+                restored.pop(line, None)
+                continue
+            try:
+                restored[line] = decode_state(value)
+            except (ValueError, zlib.error, KeyError) as exc:
+                event(log, "changelog_record_unreadable", level=logging.WARNING, line=line, error=str(exc))
+        again: list[Due] = []
+        with self.lock:
+            self.states.update(restored)
+            self.published_ids |= published
+            for line in restored:  # idle-closing counts from now, not from before the restart
+                self.last_record_wall.setdefault(line, time.monotonic())
+            for state in restored.values():
+                for due in sorted(state.pending.values(), key=lambda d: (d.window_start, d.trigger)):
+                    if due.id in published:
+                        self.engine.mark_done(state, due.id)
+                        self.dirty.add(state.line_id)
+                    else:
+                        again.append(due)
+        event(log, "state_restored", lines=len(restored), published_ids=len(published),
+              pending=sum(len(s.pending) for s in restored.values()))
+        return again
+
+    def checkpoint(self, covered: Callable[[], dict[tuple[str, int], int]] | None = None
+                   ) -> tuple[bool, dict[tuple[str, int], int]]:
+        """Write every changed line to the changelog. Returns (ok, the input offsets the snapshot covered):
+        `covered` is read under the same lock as the snapshot, so the offsets match it exactly."""
+        with self.lock:
+            lines = sorted(self.dirty)
+            blobs = [(line, encode_state(self.states[line])) for line in lines if line in self.states]
+            offsets = covered() if covered is not None else {}
+            self.dirty.clear()
+            OPEN_WINDOWS.set(sum(len(s.windows) for s in self.states.values()))
+        failures: list[str] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for line, blob in blobs:
+            self.changelog.produce(self.changelog_topic, line, blob, on_delivery=on_delivery, trace=False)
+        remaining = self.changelog.flush(30)
+        if remaining or failures:
+            with self.lock:
+                self.dirty.update(lines)
+            CHECKPOINTS.labels("failed").inc()
+            event(log, "checkpoint_failed", level=logging.WARNING, failures=failures[:3], remaining=remaining)
+            return False, offsets
+        if blobs:
+            CHECKPOINTS.labels("ok").inc()
+        return True, offsets
+
+
+class ChangelogSink(Sink):
+    """The consumer loop's sink: holds back input offsets until the state that folded them is in the changelog.
+
+    The loop gives it each batch's (record, outputs) pairs (`write`) and then calls `on_batch_done`; it keeps
+    offsets and makes the state durable (`flush`: every checkpoint of the loop, and every `interval_s` after a
+    batch). Closing windows after a batch is `after_batch`, the step it is given, not a call back into a
+    service."""
+
+    def __init__(self, state: AdvisorState, interval_s: float,
+                 after_batch: Callable[[], None] | None = None) -> None:
+        self.state = state
+        self.interval_s = interval_s
+        self.after_batch = after_batch
+        self.first_unsaved: dict[tuple[str, int], int] = {}
+        self.last_seen: dict[tuple[str, int], int] = {}
+        self.last_checkpoint = time.monotonic()
+        self._lock = threading.Lock()
+
+    def write(self, batch: list[Any]) -> None:
+        """The batch's (record, outputs) pairs (plain records from an older loop, which then has no
+        `on_batch_done` of its own)."""
+        pairs = bool(batch) and isinstance(batch[0], tuple)
+        with self._lock:
+            for item in batch:
+                record: Record = item[0] if isinstance(item, tuple) else item
+                key = (record.topic, record.partition)
+                self.first_unsaved.setdefault(key, record.offset)
+                self.last_seen[key] = max(self.last_seen.get(key, -1), record.offset)
+        if not pairs:  # the older contract has no on_batch_done: run it here
+            self.on_batch_done()
+
+    def on_batch_done(self) -> None:
+        if self.after_batch is not None:
+            self.after_batch()
+        if time.monotonic() - self.last_checkpoint >= self.interval_s:
+            self.flush()
+
+    def held_offsets(self) -> dict[tuple[str, int], int]:
+        with self._lock:
+            return dict(self.first_unsaved)
+
+    def flush(self) -> bool:
+        def covered() -> dict[tuple[str, int], int]:
+            with self._lock:
+                return dict(self.last_seen)
+
+        self.last_checkpoint = time.monotonic()
+        ok, offsets = self.state.checkpoint(covered)
+        if ok:
+            with self._lock:
+                for key, offset in offsets.items():
+                    if self.last_seen.get(key, -1) > offset:
+                        self.first_unsaved[key] = offset + 1  # records after the snapshot stay held
+                    else:
+                        self.first_unsaved.pop(key, None)
+        return ok
