@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from lineguard import telemetry, topics
 from lineguard.avro import AvroSerde, SerdeError
 from lineguard.catalog import load_catalog
 from lineguard.kafka import error_headers
+from lineguard.kafka.clients import read_topic
 from lineguard.logs import Throttle, event, get_logger, throttled_event
 from lineguard.service import Runtime, Service, StartupError
 from services.notifier import render
@@ -191,7 +193,7 @@ class Notifier:
                  "deleting": False, "internal": True}
         # One table, one changelog: the decide agent's keys (engine.py) and the ledger agent's (done:, steps:,
         # ack:, used:, fb:) never overlap, and each key is always written from the same source partition.
-        self.state = app.Table("state", partitions=partitions,
+        self.state = app.Table("state", partitions=partitions, on_recover=self._complete_recovery,
                                changelog_topic=app.topic(full(topics.NOTIFIER_STATE_CHANGELOG), **state))
         self.decisions = self.ledger = self.state
         app.agent(self.t_sources, name="decide")(self._decide_agent)
@@ -435,6 +437,39 @@ class Notifier:
             self._m_notifications.labels("digest").inc()
 
     # --- start-up ---------------------------------------------------------------------------------------------
+
+    async def _complete_recovery(self) -> None:
+        """Faust's recovery reads a changelog up to its high watermark, and Tansu 0.6 reports that at the first
+        offset of the last batch + 1 (measured: 5 records in one batch, end offset 1), so the writes after the
+        first one of the last batch would be lost. Faust awaits this callback before the agents resume: re-read
+        the changelog to its true end (`read_topic`) and put back what Faust's recovery missed."""
+        mine = {tp.partition for tp in self.app.consumer.assignment()
+                if tp.topic == self.settings.topic(topics.LINE_ALARMS)}
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+
+        def read() -> None:
+            for r in read_topic(self.settings, topics.NOTIFIER_STATE_CHANGELOG, decode=False, timeout_s=120,
+                                quiet_s=0.3):
+                if r.partition in mine and r.key is not None:
+                    latest[r.key] = (r.partition, r.raw_value)
+
+        started = time.monotonic()
+        await asyncio.to_thread(read)
+        store = self.state.data
+        fixed = 0
+        for raw_key, (partition, raw_value) in latest.items():
+            key = json.loads(raw_key)
+            if raw_value is None:
+                if store.data.pop(key, None) is not None:
+                    fixed += 1
+                continue
+            value = json.loads(raw_value)
+            if store.data.get(key) != value:
+                store.data[key] = value
+                store._key_partition[key] = partition
+                fixed += 1
+        event(log, "state_recovered", keys=len(store.data), changelog_keys=len(latest), put_back=fixed,
+              seconds=round(time.monotonic() - started, 3))
 
     async def _after_recovery(self) -> None:
         """Runs once tables are recovered (Faust starts app tasks then): wait until the ledger agent has read

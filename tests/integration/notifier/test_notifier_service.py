@@ -199,7 +199,9 @@ def notifier(make_settings: Callable[..., Settings], create_topics: Callable, si
     yield proc, producer, settings
     producer.flush(10)
     if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.tail()
+        started = time.monotonic()
+        assert proc.stop() == 0, proc.tail()  # SIGTERM: a clean exit ...
+        assert time.monotonic() - started < 20, proc.tail()  # ... well inside the pod's 30 s grace period
 
 
 def alarm(alarm_id: str, *, severity: str = "major", state: str = "active", line: str = "line1",
