@@ -9,6 +9,13 @@ Applying is idempotent by raw id: a raw alarm seen again (a batch the loop rewou
 duplicate from the source) gets the output it got the first time and does not count twice. At start-up the
 service restores the state from what it published on `line.alarms.v1` (`restore`), so alarms that span a restart
 keep their raise time, count and duration; see the README for what remains approximate.
+
+Every state change carries `sequence`, numbered per alarm id (1, 2, 3, ... over the alarm's whole life, across
+activations). A replay after a crash republishes outputs it made before (same raw id, same output, same
+sequence), so the topic can hold a change twice, and the second copy after later changes:
+`x1(1) x2(2) x3-clear(3) x1(1) x2(2)`. Restoring folds by alarm id and sequence: a change whose sequence is not
+above the alarm's current one is a copy and leaves the state alone, so a crash in the middle of a replay never rolls
+the state back (and the replayed clear is not then wrongly taken for "already applied" on top of an active state).
 """
 
 from __future__ import annotations
@@ -67,9 +74,21 @@ class AlarmTracker:
         self._active: dict[str, _Active] = {}
         self._by_raw: OrderedDict[str, dict] = OrderedDict()  # raw id -> the output it caused (bounded)
         self._replay_memory = replay_memory
+        # alarm id -> the sequence of its latest state change (kept after a clear: the next activation goes on)
+        self._sequence: dict[str, int] = {}
 
     def active_count(self) -> int:
         return len(self._active)
+
+    def snapshot(self) -> dict[str, tuple[str, int, int, str, int]]:
+        """alarm id -> (state, sequence, raised_at or 0, severity or '', raise_count) for every alarm seen;
+        what tests compare between an interrupted and an uninterrupted run."""
+        out: dict[str, tuple[str, int, int, str, int]] = {}
+        for key, sequence in self._sequence.items():
+            state = self._active.get(key)
+            out[key] = (("active", sequence, state.raised_at, state.severity, state.raise_count) if state
+                        else ("cleared", sequence, 0, "", 0))
+        return out
 
     def _remember(self, raw_id: str, out: dict) -> None:
         self._by_raw[raw_id] = out
@@ -77,15 +96,29 @@ class AlarmTracker:
             self._by_raw.popitem(last=False)
 
     def restore(self, outputs: Iterable[dict]) -> int:
-        """Rebuild the state from published AlarmState records, oldest first; returns how many were read."""
+        """Rebuild the state from published AlarmState records, oldest first; returns how many were read.
+
+        Idempotent fold by alarm id and sequence: a record whose sequence is not above the alarm's current one is
+        a copy a replay republished (or an older change) and changes nothing. Records written before `sequence`
+        existed (None) are applied in topic order, as they always were."""
         count = 0
+        sequences = self._sequence
         for out in outputs:
             count += 1
+            key = out["alarm_id"]
+            sequence = out.get("sequence")
+            if sequence is not None:
+                if sequence <= sequences.get(key, 0):
+                    self._remember(out["raw_id"], out)  # a copy: same raw id, same output
+                    continue
+                sequences[key] = sequence
+            else:
+                sequences[key] = sequences.get(key, 0) + 1
             self._remember(out["raw_id"], out)
             if out["state"] == "active":
-                self._active[out["alarm_id"]] = _Active(out["raised_at"], out["raise_count"], out["severity"])
+                self._active[key] = _Active(out["raised_at"], out["raise_count"], out["severity"])
             else:
-                self._active.pop(out["alarm_id"], None)
+                self._active.pop(key, None)
         return count
 
     def apply(self, raw: dict, line_id: str, entity: str, observed_at: int) -> dict:
@@ -99,9 +132,11 @@ class AlarmTracker:
         active = self._active
         state = active.get(key)
         severity_given = raw.get("severity")
+        sequence = self._sequence.get(key, 0) + 1
+        self._sequence[key] = sequence
         out = {
             "alarm_id": key, "line_id": line_id, "entity_id": entity, "alarm_type": alarm_type,
-            "message": raw.get("message"), "updated_at": observed_at, "raw_id": raw["id"],
+            "message": raw.get("message"), "updated_at": observed_at, "raw_id": raw["id"], "sequence": sequence,
         }
         if action == "raise":
             if state is None:

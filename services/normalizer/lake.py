@@ -455,7 +455,8 @@ class LakeWriter:
         topic, partition = tp
         for (table, line_id, bucket), rows in segment.files.items():
             key = self.object_key(table, line_id, bucket, topic, partition, segment.start_offset)
-            data = encode_parquet(TABLES[table], rows, self.compression, topic, partition)
+            # raw_topic is the Kafka topic as named on the broker (prefix included), as in the object's name
+            data = encode_parquet(TABLES[table], rows, self.compression, self.topic_prefix + topic, partition)
             self.store.put(key, data)
             with self._lock:
                 self.objects_written += 1

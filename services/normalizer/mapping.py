@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,13 +98,15 @@ class _SensorPlan:
     normal_min: float
     normal_max: float
     conversions: dict[str | None, Conversion]
+    recent: deque  # (observed_at ms, value, unit code, observation id), newest last: the temporal API's memory
 
 
 class Normalizer:
     """Maps raw records to unified records; keeps alarm state and the latest value of every attribute."""
 
     def __init__(self, plant: PlantModel, stale_after_ms: int = 300_000, max_clock_skew_ms: int = 3_600_000,
-                 max_clock_rate: float = 1.0, on_unknown_device: Callable[[str], None] | None = None) -> None:
+                 max_clock_rate: float = 1.0, on_unknown_device: Callable[[str], None] | None = None,
+                 recent_per_attribute: int = 3600) -> None:
         self.plant = plant
         self.graph = plant.graph()
         self.stale_after_ms = stale_after_ms
@@ -126,6 +129,11 @@ class Normalizer:
         self._upstream: dict[str, list[str]] = {}
         # entity id -> attribute -> (value, unit code, observedAt ms): the latest value seen, for the asset graph API.
         self.latest: dict[str, dict[str, tuple[Any, str | None, int]]] = {}
+        # (entity id, attribute) -> the last `recent_per_attribute` observations in arrival order, for the temporal
+        # API (what the lake does not hold yet). Appended by the consumer thread, copied by the API's (deque.copy
+        # holds the GIL throughout).
+        self.recent: dict[tuple[str, str], deque] = {}
+        self.recent_per_attribute = recent_per_attribute
 
     # --- dispatch -----------------------------------------------------------------------------------------
 
@@ -171,8 +179,12 @@ class Normalizer:
         if sensor is None:
             raise self._unknown(device, metric)
         normal = sensor.normal
+        recent = self.recent.get((sensor.machine_entity_id, sensor.attribute))
+        if recent is None:
+            recent = self.recent[(sensor.machine_entity_id, sensor.attribute)] = deque(
+                maxlen=self.recent_per_attribute)
         plan = _SensorPlan(sensor, sensor.line_id, sensor.machine_entity_id, sensor.id,
-                           normal.min if normal else -math.inf, normal.max if normal else math.inf, {})
+                           normal.min if normal else -math.inf, normal.max if normal else math.inf, {}, recent)
         self._plans[(device, metric)] = plan
         return plan
 
@@ -254,6 +266,7 @@ class Normalizer:
             "observed_at": observed_at, "quality": quality, "raw_id": raw["id"], "source": raw["source"],
         }
         self._remember(plan.entity_id, sensor.attribute, value, unit_code, observed_at)
+        plan.recent.append((observed_at, value, unit_code, out["id"]))
         return out
 
     def _remember(self, entity: str, attribute: str, value: Any, unit_code: str | None, observed_at: int) -> None:

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     health = Health(settings.service_name, settings.liveness_timeout_s)
     loop = ConsumerLoop(settings, settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink,
                         batch_size=settings.batch_size, health=health)
-    api = AssetGraphApi(normalizer)
+    api = AssetGraphApi(normalizer, token=settings.normalizer_api_token, lake=sink.store if sink else None)
     server = BackgroundHttpServer(lambda: build_app(health, api), settings.http_host, settings.http_port)
     try:
         server.start()

@@ -35,6 +35,9 @@ class NormalizerSettings(Settings):
     lake_compression: str = env_field("snappy", help="Parquet compression: snappy, zstd, gzip or none.")
     lake_background: bool = env_field(
         True, help="Encode and store closed lake segments on a writer thread while consuming goes on.")
+    normalizer_api_token: str | None = env_field(
+        None, help="Bearer token the NGSI-LD API (/ngsi-ld/...) requires; unset = the API answers 503. Health "
+                   "and /metrics need none.", secret=True)
 
     def validate(self) -> None:
         super().validate()

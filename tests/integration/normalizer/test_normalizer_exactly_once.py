@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +17,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
+from normalizer_process import NormalizerProcess as Normalizer
+from normalizer_process import normalizer_env
 from normalizer_records import T0, RawSet, make_raw_set
 
-from lineguard.embedded import free_port
 from lineguard.kafka import Producer, dlq_headers
 from lineguard.plant import default_plant_path, load_plant
 from lineguard.settings import Settings
@@ -47,56 +42,6 @@ def produce_all(settings: Settings, raw: RawSet) -> None:
     for topic, key, value in raw.messages():
         producer.produce(topic, key, value)
     assert producer.close(30) == 0
-
-
-class Normalizer:
-    """`python -m services.normalizer` as a child process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = int(env["LINEGUARD_HTTP_PORT"])
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.normalizer"], cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
-
-    def wait_ready(self, timeout: float = 40.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.get("/readyz")[0] != 200:
-            assert self.proc is not None and self.proc.poll() is None, f"normalizer exited:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"normalizer not ready within {timeout}s:\n{self.tail()}"
-            time.sleep(0.1)
-
-    def records_in(self) -> float:
-        _, body = self.get("/metrics")
-        return sum(float(v) for v in re.findall(r'^lineguard_normalizer_records_in_total\{[^}]*\} (\S+)$', body,
-                                                re.MULTILINE))
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    def tail(self) -> str:
-        return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
 
 
 def run_with_kills(env: dict[str, str], tmp_path: Path, seed: int,
@@ -126,23 +71,6 @@ def run_with_kills(env: dict[str, str], tmp_path: Path, seed: int,
         while_running(normalizer)
     assert normalizer.stop() == 0, normalizer.tail()
     return normalizer
-
-
-def normalizer_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update({
-        "LINEGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix,
-        "LINEGUARD_HTTP_PORT": str(free_port()),
-        "LINEGUARD_HTTP_HOST": "127.0.0.1",
-        "LINEGUARD_KAFKA_SESSION_TIMEOUT_MS": "3000",
-        "LINEGUARD_BATCH_SIZE": "200",
-        "LINEGUARD_LAKE_MAX_ROWS": "150",
-        "LINEGUARD_LAKE_ROTATE_INTERVAL_S": "120",
-        "LINEGUARD_LOG_LEVEL": "INFO",
-        **extra,
-    })
-    return env
 
 
 def check_lake(tables: dict[str, list], raw: RawSet) -> None:

@@ -18,6 +18,7 @@ T0 = 1_764_400_000_000
 OVEN = "urn:ngsi-ld:Machine:line1-oven"
 MIXER = "urn:ngsi-ld:Machine:line1-mixer"
 DETECTOR = "urn:ngsi-ld:Machine:line1-detector"
+TOKEN = "unit-test-token"
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,12 @@ def normalizer() -> Normalizer:
     return normalizer
 
 
-def call(normalizer: Normalizer, method: str, path: str) -> tuple[int, Any, dict]:
+def call(normalizer: Normalizer, method: str, path: str, accept: str = "application/ld+json") -> tuple[int, Any, dict]:
     async def run() -> tuple[int, Any, dict]:
         health = Health("normalizer-test")
-        async with TestClient(TestServer(build_app(health, AssetGraphApi(normalizer)))) as client:
-            response = await getattr(client, method)(path)
+        async with TestClient(TestServer(build_app(health, AssetGraphApi(normalizer, token=TOKEN)))) as client:
+            response = await getattr(client, method)(path, headers={"Authorization": f"Bearer {TOKEN}",
+                                                                    "Accept": accept})
             body = await response.json(content_type=None)
             return response.status, body, dict(response.headers)
 
@@ -42,7 +44,7 @@ def call(normalizer: Normalizer, method: str, path: str) -> tuple[int, Any, dict
 
 
 def test_entities_by_type_lists_every_machine_as_json_ld(normalizer: Normalizer) -> None:
-    status, body, headers = call(normalizer, "get", "/ngsi-ld/v1/entities?type=Machine")
+    status, body, headers = call(normalizer, "get", "/ngsi-ld/v1/entities?type=Machine&count=true")
     assert status == 200
     assert headers["Content-Type"].startswith("application/ld+json")
     ids = [e["id"] for e in body]

@@ -73,6 +73,8 @@ def test_objects_are_laid_out_by_table_line_date_hour_and_named_by_start_offset(
     assert set(table.column("line_id").to_pylist()) == {"line1", "line2"}
     assert str(table.schema.field("observed_at").type) == "timestamp[ms, tz=UTC]"
     assert sorted(table.column("raw_offset").to_pylist()) == list(range(6))
+    # lineage names the topic as the broker does, prefix included: the same name as in the object key
+    assert set(table.column("raw_topic").to_pylist()) == {"plant1.raw.telemetry.v1"}
 
 
 def test_rows_cross_into_the_next_hour_directory(tmp_path: Path) -> None:
