@@ -8,14 +8,14 @@ import weakref
 from collections.abc import Iterator
 
 from aiohttp import web
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 
 from lineguard import telemetry
-from lineguard.avro import AvroSerde, SerdeError
+from lineguard.avro import AvroSerde
 from lineguard.health import BackgroundHttpServer, Health, create_app
-from lineguard.kafka import ConsumerLoop, Output, Record
+from lineguard.kafka import ConsumerLoop, Output, Record, read_topic
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModelError, load_plant
 from lineguard.service import start_service, tune_gc
@@ -122,44 +122,11 @@ class _PipelineCollector:
 
 
 def read_published_alarms(settings: NormalizerSettings, serde: AvroSerde, timeout_s: float = 60.0) -> Iterator[dict]:
-    """Every AlarmState on line.alarms.v1 from the beginning to the current end, in order per partition (alarms
-    are keyed by line, so one line's alarms are in order). Undecodable records are skipped with a log line."""
-    topic = settings.topic(ALARMS)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.group_id}-restore",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "client.id": f"lineguard-{settings.service_name}-restore", **settings.kafka_security})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            return
-        ends: dict[int, int] = {}
-        for partition in info.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} back took more than {timeout_s:.0f} s")
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is not None:
-                    continue
-                partition = message.partition()
-                if partition not in ends:
-                    continue
-                if message.offset() + 1 >= ends[partition]:
-                    del ends[partition]
-                try:
-                    yield serde.decode(ALARMS, message.value())
-                except SerdeError as exc:
-                    event(log, "alarm_state_record_skipped", level=logging.WARNING, offset=message.offset(),
-                          partition=partition, error=str(exc))
-    finally:
-        consumer.close()
+    """Every AlarmState on line.alarms.v1 from the beginning to its true end (`read_topic`: not bounded by a high
+    watermark alone, which Tansu reports short), in order per partition (alarms are keyed by line, so one line's
+    alarms are in order). Undecodable records are skipped with a log line."""
+    for record in read_topic(settings, ALARMS, serde=serde, timeout_s=timeout_s):
+        yield record.value
 
 
 def build_app(health: Health, api: AssetGraphApi) -> web.Application:
