@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -54,7 +55,18 @@ class Callers:
         return found
 
 
-def add_approval_routes(app: web.Application, actuator: Actuator, callers: Callers, approve_wait_s: float) -> None:
+def add_approval_routes(app: web.Application, actuator: Actuator, callers: Callers, approve_wait_s: float,
+                        available: Callable[[], bool] = lambda: True) -> None:
+    """The routes above; `available` is False while the ledger is being restored (answers 503 meanwhile)."""
+
+    @web.middleware
+    async def restoring(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/v1/actions") and not available():
+            return _error(503, "restoring", "the ledger is being rebuilt from actions.v1; try again in a moment")
+        return await handler(request)
+
+    app.middlewares.append(restoring)
+
     def unauthorised() -> web.Response:
         return _error(401, "unauthorized", "send 'Authorization: Bearer <token>' with an operator's or a "
                                            "delegate's token")
