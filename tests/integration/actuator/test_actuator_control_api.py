@@ -126,3 +126,57 @@ async def test_slow_and_unreachable_controllers_fail_within_a_bound() -> None:
     tokenless = ControlClient(lambda _line: url, None)
     with pytest.raises(ControlApiError, match="LINEGUARD_CONTROL_API_TOKEN is not set"):
         await tokenless.machine("line1", "oven")
+
+
+@pytest.mark.parametrize(("write_status", "attempts", "why"), [
+    (503, 4, "HTTP 503: busy (gave up after 4 attempts)"),
+    (422, 1, "HTTP 422: outside the interlock window"),
+    (0, 4, "no answer within 0.3 s (gave up after 4 attempts)"),  # slow: every attempt times out
+])
+async def test_an_approved_action_whose_write_fails_ends_failed_with_the_whole_audit_trail(
+        write_status: int, attempts: int, why: str) -> None:
+    """The actuator with the real client: reads come from the simulator's line, writes fail as the controller
+    says; the action ends `failed` with the reason, after a bounded number of attempts, every step recorded."""
+    from services.actuator.actions import Actuator
+    from services.actuator.policy import load_policy
+    from services.actuator.settings import POLICY_FILE
+
+    sim = CookieLine(PLANT, seed=3, clock=SimClock(speed=0))
+    writes: list[str | None] = []
+
+    async def machine(request: web.Request) -> web.Response:
+        return web.json_response(sim.machine_state(request.match_info["machine"]))
+
+    async def write(request: web.Request) -> web.Response:
+        writes.append(request.headers.get("Idempotency-Key"))
+        if write_status == 0:
+            await asyncio.sleep(1.0)
+            return web.json_response({})
+        reason = "busy" if write_status >= 500 else "outside the interlock window"
+        return web.json_response({"error": "x", "reason": reason}, status=write_status)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/machines/{machine}", machine)
+    app.router.add_post("/api/v1/machines/{machine}/setpoints/{parameter}", write)
+    runner, url = await serve(app)
+    client = ControlClient(lambda _line: url, TOKEN, timeout_s=0.3, retries=3, backoff_s=0.01)
+    trail: list[dict] = []
+
+    async def publish(record: dict) -> None:
+        trail.append(dict(record))
+
+    actuator = Actuator(PLANT, load_policy(POLICY_FILE, PLANT), client, publish)
+    try:
+        (aid,) = await actuator.intake({
+            "id": "rec-w", "line_id": "line1", "title": "hot", "evidence": [],
+            "proposed_actions": [{"machine_entity_id": "urn:ngsi-ld:Machine:line1-oven",
+                                  "parameter": "zone2_setpoint", "value": 175.0, "unit_code": "CEL",
+                                  "reason": "zone 2 runs hot"}]})
+        done = await actuator.approve(aid, "alice", None, wait_s=30)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert done["status"] == "failed" and why in done["reason"] and why in done["error"]
+    assert done["attempts"] == attempts == len(writes) and set(writes) == {aid}
+    assert [r["status"] for r in trail] == ["proposed", "pending_approval", "approved", "executing", "failed"]
+    assert sim.machines["oven"].setpoints["zone2_setpoint"] == 190.0
