@@ -45,6 +45,8 @@ class NotifierSettings(Settings):
     notifier_send_timeout_s: float = env_field(10.0, help="Timeout of one delivery attempt.")
     notifier_tick_s: float = env_field(1.0, help="How often escalation stages and digests are checked.")
     notifier_feed_size: int = env_field(200, help="Notifications kept for /v1/feed/recent.")
+    notifier_fetch_max_wait_ms: int = env_field(100, help="Longest wait of a Kafka fetch for new records (Faust "
+                                                          "fixes 1500; Tansu waits it out even when data arrives).")
     notifier_commit_interval_s: float = env_field(1.0, help="Faust offset commit interval.")
 
     def validate(self) -> None:
