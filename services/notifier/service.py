@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -183,8 +186,12 @@ class Notifier:
                 raise StartupError(f"the notifier's sources must have one partition count: {name} has "
                                    f"{self.catalog[name].partitions}, {topics.LINE_ALARMS} {partitions}")
         tune_fetch_wait(s.notifier_fetch_max_wait_ms)
+        # Faust keeps a data folder (version stamp; table files with RocksDB) at ./<app id>-data by default: in the
+        # repository, or on a read-only root filesystem in a pod. The tables live in memory: a temporary folder.
+        self.datadir = Path(tempfile.mkdtemp(prefix=f"lineguard-{s.service_name}-faust-"))
         app = faust.App(
             s.group_id,
+            datadir=str(self.datadir),
             broker=[f"kafka://{h}" for h in hosts],
             broker_credentials=broker_credentials(s),
             broker_client_id=f"lineguard-{s.service_name}",
@@ -544,6 +551,7 @@ class Notifier:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
     # --- channels' helpers ------------------------------------------------------------------------------------
 
