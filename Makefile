@@ -7,10 +7,18 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,notifier,dev
+EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,console,notifier,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: run test lint bench system-deps clean
+
+# The AsyncAPI parser that validates docs/asyncapi.yaml in the tests (npm, versions pinned by the lock file).
+ASYNCAPI_DEPS := deploy/asyncapi/node_modules/.installed
+$(ASYNCAPI_DEPS): deploy/asyncapi/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "installing nodejs and npm (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd deploy/asyncapi && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +32,19 @@ system-deps:
 	  { echo "installing mosquitto (Debian package)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) || \
 	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null); }
+	@{ command -v chromium >/dev/null 2>&1 && command -v espeak-ng >/dev/null 2>&1; } || \
+	  { echo "installing chromium and espeak-ng (Debian packages; the console's browser and voice tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng >/dev/null) || \
+	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng >/dev/null); }
+	@[ -x /usr/sbin/sshd ] || \
+	  { echo "installing openssh-server (Debian package; the SFTP tests start a real sshd on a free port)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null) || \
+	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); }
 
 run: $(STAMP)
 	$(VENV)/bin/lineguard up
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(ASYNCAPI_DEPS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
