@@ -99,6 +99,10 @@ class _SensorPlan:
     normal_max: float
     conversions: dict[str | None, Conversion]
     recent: deque  # (observed_at ms, value, unit code, observation id), newest last: the temporal API's memory
+    attribute: str
+    is_state: bool
+    unit: str | None  # the canonical unit code (None: unitless or a state)
+    latest: dict[str, tuple[Any, str | None, int]]  # the entity's latest values (Normalizer.latest[entity_id])
 
 
 class Normalizer:
@@ -183,8 +187,12 @@ class Normalizer:
         if recent is None:
             recent = self.recent[(sensor.machine_entity_id, sensor.attribute)] = deque(
                 maxlen=self.recent_per_attribute)
+        latest = self.latest.get(sensor.machine_entity_id)
+        if latest is None:
+            latest = self.latest[sensor.machine_entity_id] = {}
         plan = _SensorPlan(sensor, sensor.line_id, sensor.machine_entity_id, sensor.id,
-                           normal.min if normal else -math.inf, normal.max if normal else math.inf, {}, recent)
+                           normal.min if normal else -math.inf, normal.max if normal else math.inf, {}, recent,
+                           sensor.attribute, sensor.kind == "state", sensor.unit, latest)
         self._plans[(device, metric)] = plan
         return plan
 
@@ -216,18 +224,64 @@ class Normalizer:
                    anchor[0] - anchor[1] + (self.max_clock_rate - 1.0) * elapsed + self.max_clock_skew_ms)
 
     def observation(self, raw: dict) -> dict:
-        plan = self._plan(raw["device"], raw["metric"])
-        sensor = plan.sensor
-        observed_at = to_epoch_ms(raw["observed_at"], "observed_at")
-        received_at = to_epoch_ms(raw["received_at"], "received_at")
-        if observed_at - received_at > self._allowed_skew_ms(raw["device"], observed_at, received_at):
+        # The hot path (one call per reading): the common cases are inlined (a known plan, epoch ms already,
+        # a float value, a cached unit conversion, clock rate 1); every other case takes the general helpers.
+        device = raw["device"]
+        plan = self._plans.get((device, raw["metric"]))
+        if plan is None:
+            plan = self._plan(device, raw["metric"])
+        observed_at = raw["observed_at"]
+        if type(observed_at) is not int or not 100_000_000_000 <= observed_at < 100_000_000_000_000:
+            observed_at = to_epoch_ms(observed_at, "observed_at")
+        received_at = raw["received_at"]
+        if type(received_at) is not int or not 100_000_000_000 <= received_at < 100_000_000_000_000:
+            received_at = to_epoch_ms(received_at, "received_at")
+        ahead = observed_at - received_at
+        if ahead > (self.max_clock_skew_ms if self.max_clock_rate <= 1.0 else
+                    self._allowed_skew_ms(device, observed_at, received_at)):
             raise InvalidTimestampError(
-                f"observed_at is {(observed_at - received_at) / 1000:.0f} s after received_at "
+                f"observed_at is {ahead / 1000:.0f} s after received_at "
                 f"(more than the allowed clock skew of {self.max_clock_skew_ms / 1000:.0f} s)")
         value = raw["value"]
         quality: list[str] = []
         unit_code: str | None
-        if sensor.kind == "state":
+        if type(value) is float and not plan.is_state and plan.unit is not None:  # the common case
+            conv = plan.conversions.get(raw["unit"] or None)
+            if conv is None:
+                conv = self._conversion(plan, raw["unit"] or None)
+            try:
+                value, clamped = conv.apply(value)
+            except ImpossibleValueError as exc:
+                raise InvalidValueError(f"{plan.sensor_id}: impossible value: {exc}") from None
+            if clamped:
+                quality.append("clamped")
+            unit_code = plan.unit
+            if not plan.normal_min <= value <= plan.normal_max:
+                quality.append("out_of_range")
+        else:
+            value, unit_code = self._other_value(plan, raw, value, quality)
+        if -ahead > self.stale_after_ms:
+            quality.append("stale")
+        raw_id = raw["id"]
+        oid = f"obs:{raw_id}"
+        attribute = plan.attribute
+        out = {
+            "id": oid, "line_id": plan.line_id, "entity_id": plan.entity_id, "entity_type": "Machine",
+            "sensor_id": plan.sensor_id, "attribute": attribute, "value": value, "unit_code": unit_code,
+            "observed_at": observed_at, "quality": quality, "raw_id": raw_id, "source": raw["source"],
+        }
+        latest = plan.latest
+        previous = latest.get(attribute)
+        if previous is None or observed_at >= previous[2]:  # a late, older reading does not replace a newer one
+            latest[attribute] = (value, unit_code, observed_at)
+        plan.recent.append((observed_at, value, unit_code, oid))
+        return out
+
+    def _other_value(self, plan: _SensorPlan, raw: dict, value: Any, quality: list[str]) -> tuple[Any, str | None]:
+        """(value, unit code) of a state, a unitless number, or a number given as int or string."""
+        sensor = plan.sensor
+        unit_code: str | None
+        if plan.is_state:
             if isinstance(value, bool) or not isinstance(value, str):
                 raise InvalidValueError(f"{plan.sensor_id}: state {value!r} is not a string")
             value = value.strip().lower()
@@ -258,16 +312,7 @@ class Normalizer:
                 unit_code = sensor.unit
             if not plan.normal_min <= value <= plan.normal_max:
                 quality.append("out_of_range")
-        if received_at - observed_at > self.stale_after_ms:
-            quality.append("stale")
-        out = {
-            "id": f"obs:{raw['id']}", "line_id": plan.line_id, "entity_id": plan.entity_id, "entity_type": "Machine",
-            "sensor_id": plan.sensor_id, "attribute": sensor.attribute, "value": value, "unit_code": unit_code,
-            "observed_at": observed_at, "quality": quality, "raw_id": raw["id"], "source": raw["source"],
-        }
-        self._remember(plan.entity_id, sensor.attribute, value, unit_code, observed_at)
-        plan.recent.append((observed_at, value, unit_code, out["id"]))
-        return out
+        return value, unit_code
 
     def _remember(self, entity: str, attribute: str, value: Any, unit_code: str | None, observed_at: int) -> None:
         attributes = self.latest.get(entity)
