@@ -40,6 +40,7 @@ SERVICE_PORTS: dict[str, int] = {
     "advisor": 8084,
     "actuator": 8085,
     "notifier": 8086,
+    "console": 8087,
 }
 SIMULATOR_PORT = 8090
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
@@ -292,6 +293,9 @@ def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenar
             sup.wait_ready(child, max(1.0, ready_timeout - (time.monotonic() - started)))
         names = ", ".join(["tansu", *[c.name for c in sup.children if c.name != "tansu"]])
         sup.say(f"ready in {time.monotonic() - started:.1f}s: Kafka at {bootstrap}; running: {names}")
+        if "console" in services:
+            sup.say(f"operator console: http://127.0.0.1:{SERVICE_PORTS['console']}/ (sign in as alice or bob, "
+                    "password lineguard-dev)")
         sup.say("try: lineguard topics list | lineguard tail raw.telemetry.v1 --max 5   (Ctrl-C stops everything)")
         while not stop.wait(0.5):
             dead = sup.exited()

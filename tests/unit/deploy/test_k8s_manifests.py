@@ -25,7 +25,7 @@ from lineguard.plant import default_plant_path, load_plant
 REPO_ROOT = Path(__file__).resolve().parents[3]
 K8S = REPO_ROOT / "deploy" / "k8s"
 GENERATOR = K8S / "gen_strimzi_topics.py"
-SERVICES = ("ingest", "vision", "normalizer", "advisor", "actuator", "notifier")
+SERVICES = ("ingest", "vision", "normalizer", "advisor", "actuator", "notifier", "console")
 BUILDS = ("base", "overlays/production", "overlays/msk")
 NAMESPACE = "lineguard"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
