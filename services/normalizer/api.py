@@ -211,7 +211,11 @@ class AssetGraphApi:
         says which entities have an attribute)."""
         query = request.query
         check_link_header(request.headers.get("Link"))
-        types = _names(query.get("type"), "type")
+        # an entity type selection: names joined by ',' or '|' (either matches); ';' (both) never matches one type
+        raw_types = query.get("type")
+        if raw_types is not None and (";" in raw_types or "(" in raw_types):
+            raise bad_request("type: only ',' and '|' selections are supported (an entity has one type here)")
+        types = _names(raw_types.replace("|", ",") if raw_types is not None else None, "type")
         ids = [i.strip() for i in query.get("id", "").split(",") if i.strip()] if "id" in query else None
         if ids is not None:
             for i in ids:

@@ -204,6 +204,7 @@ def test_key_values_concise_and_count(service: NormalizerProcess) -> None:
 def test_expanded_type_and_attribute_names_match(service: NormalizerProcess) -> None:
     default = "https://uri.etsi.org/ngsi-ld/default-context/"
     assert len(ids(service, f"type={default}Machine")) == 7
+    assert len(ids(service, "type=Machine|Line")) == 8 == len(ids(service, "type=Machine,Line"))
     assert ids(service, f"attrs={default}zone1_temperature") == [OVEN]
 
 
