@@ -542,8 +542,15 @@ class Notifier:
         return True, ""
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self.app.start()
-        await stopping.wait()
+        # Faust's start returns once the tables are recovered: a stop asked for meanwhile must not wait for that.
+        start = asyncio.ensure_future(self.app.start())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await start
+        await stop
         await self.dispatcher.drain(5.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.app.stop(), 20.0)
