@@ -551,6 +551,7 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await start
         await stop
+        self.hub.close()
         await self.dispatcher.drain(5.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.app.stop(), 20.0)

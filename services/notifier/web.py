@@ -34,6 +34,7 @@ class FeedHub:
     def __init__(self, size: int) -> None:
         self.recent: deque[tuple[int, dict]] = deque(maxlen=size)
         self.subscribers: set[asyncio.Queue] = set()
+        self.closed = False
         self._seq = 0
 
     def publish(self, event: dict) -> None:
@@ -42,6 +43,13 @@ class FeedHub:
         for queue in list(self.subscribers):
             with contextlib.suppress(asyncio.QueueFull):  # a console that stopped reading loses events, not us
                 queue.put_nowait((self._seq, event))
+
+    def close(self) -> None:
+        """End every open stream (the service stops; the HTTP server waits for open requests)."""
+        self.closed = True
+        for queue in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     def after(self, seq: int) -> list[tuple[int, dict]]:
         return [(s, e) for s, e in self.recent if s > seq]
@@ -101,13 +109,15 @@ def add_routes(app: web.Application, hub: FeedHub, signer: LinkSigner, feed_toke
             if last and last.isdigit():  # a console that reconnects gets what it missed
                 for seq, ev in hub.after(int(last)):
                     await resp.write(_sse(seq, ev))
-            while True:
+            while not hub.closed:
                 try:
-                    seq, ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     await resp.write(b": keepalive\n\n")
                     continue
-                await resp.write(_sse(seq, ev))
+                if item is None:
+                    break
+                await resp.write(_sse(*item))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -30,7 +30,7 @@ from polling import wait_for
 from lineguard import topics
 from lineguard.embedded import ROOT, die_with_parent, free_port
 from lineguard.health import BackgroundHttpServer
-from lineguard.kafka import Producer
+from lineguard.kafka import Producer, dlq_headers
 from lineguard.kafka.clients import read_topic
 from lineguard.settings import Settings
 from services.notifier.links import LinkSigner
@@ -315,6 +315,7 @@ def test_approve_link_goes_to_the_actuator_and_lands_on_feedback(
               "reason": "zone 1 runs hot", "actor": None, "created_at": now, "updated_at": now,
               "expires_at": now + 600_000, "readback_value": None, "error": None}
     produce(producer, [("act-1", action)], topics.ACTIONS)
+    produce(producer, [("line1", b"not avro")])  # bad input: dead-lettered, never a crash
     assert wait_for(lambda: any("Approval needed" in t for t in sinks.titles()), timeout=30), proc.tail()
     links = sinks.links("Approval needed")
     assert set(links) == {"ack", "vote_up", "vote_down", "approve", "reject"}
@@ -328,3 +329,10 @@ def test_approve_link_goes_to_the_actuator_and_lands_on_feedback(
     assert len(approval) == 1 and approval[0]["action_id"] == "act-1"
     assert approval[0]["recommendation_id"] == "line1|w1|scheduled"
     assert re.fullmatch(r"approval-[0-9a-f]{16}", approval[0]["feedback_id"])
+    dead = list(read_topic(settings, topics.dlq(topics.LINE_ALARMS), decode=False, timeout_s=30))
+    assert [d.raw_value for d in dead] == [b"not avro"]
+    headers = dlq_headers(dead[0].headers)
+    assert headers["__connect.errors.topic"] == settings.topic(topics.LINE_ALARMS)
+    assert headers["__connect.errors.stage"] == "deserialize"
+    assert headers["__connect.errors.exception.class.name"] == "CorruptPayloadError"
+    assert headers["lineguard.service"] == "notifier" and dead[0].key == b"line1"
