@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import html
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from aiohttp import web
 from services.notifier.links import Claims, LinkError, LinkSigner
 
 KEEPALIVE_S = 15.0
+OPERATOR_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")  # what the actuator's approvals API accepts
+MAX_COMMENT = 1000
 VERBS = {"ack": "Acknowledge", "up": "Vote: helpful", "down": "Vote: not helpful", "approve": "Approve the action",
          "reject": "Reject the action"}
 
@@ -157,8 +160,11 @@ def add_routes(app: web.Application, hub: FeedHub, signer: LinkSigner, feed_toke
             return refused
         assert claims is not None
         form = await request.post()
-        operator = str(form.get("operator") or claims.operator).strip()[:100] or claims.operator
-        comment = str(form.get("comment") or "").strip()[:2000] or None
+        operator = str(form.get("operator") or claims.operator).strip()
+        if not OPERATOR_NAME.match(operator):
+            return _page(400, "Check your name", "<p>A name may use letters, digits and . _ @ - (at most 64); "
+                                                 "go back and try again: the link was not used.</p>")
+        comment = str(form.get("comment") or "").strip()[:MAX_COMMENT] or None
         outcome = await answer(claims, operator, comment)
         return _page(outcome.status, outcome.title, f"<p>{html.escape(outcome.message)}</p>")
 

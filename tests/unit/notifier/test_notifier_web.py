@@ -95,6 +95,8 @@ def test_answer_pages_act_once_and_say_why_a_link_is_refused() -> None:
                 page = await resp.text()
                 assert resp.status == 200 and "<form method='post'>" in page and "anna" in page
             assert answers == []  # opening a link never acts (mail scanners open links)
+            async with session.post(path, data={"operator": "anna <script>"}) as resp:
+                assert resp.status == 400 and "the link was not used" in await resp.text()
             async with session.post(path, data={"operator": "anna", "comment": "good"}) as resp:
                 assert resp.status == 200 and "Thank you, anna" in await resp.text()
             assert answers == [("up", "anna", "good")]
