@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from polling import wait_for
+from schema_samples import sample
 
 from lineguard import topics
 from lineguard.embedded import ROOT, die_with_parent, free_port
@@ -316,6 +317,11 @@ def test_approve_link_goes_to_the_actuator_and_lands_on_feedback(
               "expires_at": now + 600_000, "readback_value": None, "error": None}
     produce(producer, [("act-1", action)], topics.ACTIONS)
     produce(producer, [("line1", b"not avro")])  # bad input: dead-lettered, never a crash
+    rec = {**sample(producer.serde.schema(topics.RECOMMENDATIONS)), "id": "line1|w7|scheduled", "line_id": "line1",
+           "severity": "major", "category": "quality", "title": "Burnt cookies: lower oven zone 2",
+           "summary": "Zone 2 runs 30 C over its setpoint.", "steps": ["Lower zone 2 by 10 C", "Watch the detector"],
+           "created_at": now}
+    produce(producer, [("line1", rec)], topics.RECOMMENDATIONS)
     assert wait_for(lambda: any("Approval needed" in t for t in sinks.titles()), timeout=30), proc.tail()
     links = sinks.links("Approval needed")
     assert set(links) == {"ack", "vote_up", "vote_down", "approve", "reject"}
@@ -324,7 +330,16 @@ def test_approve_link_goes_to_the_actuator_and_lands_on_feedback(
     assert sinks.approvals == [("act-1", "approve", f"Bearer {ACTUATOR_TOKEN}",
                                 {"operator": "ben", "comment": "ok to lower"})]
     assert proc.post(links["reject"], operator="ben")[0] in (200, 502)  # a second decision is the actuator's call
+    # The recommendation, with its steps, and a vote on it that the advisor reads by recommendation id.
+    assert wait_for(lambda: any("Burnt cookies" in t for t in sinks.titles()), timeout=30), proc.tail()
+    body = next(b for _, b in sinks.notifications() if "Burnt cookies" in b["text"])
+    assert "1. Lower zone 2 by 10 C" in json.dumps(body)
+    status, page = proc.post(sinks.links("Burnt cookies")["vote_down"], operator="ben", comment="zone 3, not 2")
+    assert status == 200, page
     records = [r.value for r in read_topic(settings, topics.FEEDBACK, timeout_s=30)]
+    votes = [r for r in records if r["kind"] == "vote"]
+    assert [(v["recommendation_id"], v["vote"], v["comment"]) for v in votes] == [
+        ("line1|w7|scheduled", -1, "zone 3, not 2")]
     approval = [r for r in records if r["kind"] == "approval"]
     assert len(approval) == 1 and approval[0]["action_id"] == "act-1"
     assert approval[0]["recommendation_id"] == "line1|w1|scheduled"
