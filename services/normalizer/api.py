@@ -110,7 +110,7 @@ def _names(raw: str | None, what: str) -> list[str] | None:
 def _time(raw: str | None, what: str) -> int | None:
     if raw is None:
         return None
-    parsed = parse_datetime(raw)
+    parsed = parse_datetime(raw.replace(" ", "+"))  # an unencoded '+' of an offset arrives as a space
     if parsed is None:
         raise bad_request(f"{what}={raw!r} is not an ISO 8601 date-time (e.g. 2025-11-29T07:00:00Z)")
     return int(parsed.timestamp() * 1000)
