@@ -8,6 +8,12 @@ boolean_value=14, string_value=15, bytes_value=16, dataset_value=17, template_va
 MetaData, PropertyValue, PropertySet and PropertySetList. DataSet and Template values are not modelled; a
 parser keeps them as unknown fields and `decode_payload` reports such a metric's value as None.
 
+Values: signed integers travel in two's complement (Int8-Int32 in int_value, Int64 in long_value); UInt64 is
+kept as an exact Python int; arrays (datatypes 22-34, Sparkplug 3.0) are packed little-endian into bytes_value,
+BooleanArray as a 4-byte count then bits most significant first, StringArray as NUL-terminated UTF-8. A metric
+decoded without a datatype (NDATA/DDATA SHOULD leave it out) keeps its wire value, so `Metric.with_datatype`
+can decode it again with the datatype of its birth.
+
 Topic namespace: spBv1.0/{group_id}/{NBIRTH|NDEATH|NDATA|NCMD|DBIRTH|DDEATH|DDATA|DCMD}/{edge_node_id}[/{device_id}]
 and spBv1.0/STATE/{host_id}.
 
@@ -23,6 +29,7 @@ Rules an edge node follows (and `EdgeNodeSession` checks on the receiving side):
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -61,6 +68,20 @@ class DataType(IntEnum):
     Template = 19
     PropertySet = 20
     PropertySetList = 21
+    # Sparkplug 3.0 arrays: packed little-endian into bytes_value (see `_ARRAY_FORMATS`).
+    Int8Array = 22
+    Int16Array = 23
+    Int32Array = 24
+    Int64Array = 25
+    UInt8Array = 26
+    UInt16Array = 27
+    UInt32Array = 28
+    UInt64Array = 29
+    FloatArray = 30
+    DoubleArray = 31
+    BooleanArray = 32
+    StringArray = 33
+    DateTimeArray = 34
 
 
 class SparkplugError(ValueError):
@@ -140,6 +161,27 @@ Payload = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("org.eclip
 
 _INT32_TYPES = {DataType.Int8: 8, DataType.Int16: 16, DataType.Int32: 32}
 _UINT32_TYPES = {DataType.UInt8, DataType.UInt16, DataType.UInt32}
+# Array datatypes: little-endian struct codes of one element (Boolean and String arrays are packed apart).
+_ARRAY_FORMATS = {
+    DataType.Int8Array: "b", DataType.Int16Array: "h", DataType.Int32Array: "i", DataType.Int64Array: "q",
+    DataType.UInt8Array: "B", DataType.UInt16Array: "H", DataType.UInt32Array: "I", DataType.UInt64Array: "Q",
+    DataType.FloatArray: "f", DataType.DoubleArray: "d", DataType.DateTimeArray: "q",
+}
+ARRAY_TYPES = frozenset({*_ARRAY_FORMATS, DataType.BooleanArray, DataType.StringArray})
+# The scalar type of one element of each array type (a reading per element is typed by it).
+ARRAY_ELEMENT_TYPES = {
+    DataType.Int8Array: DataType.Int8, DataType.Int16Array: DataType.Int16, DataType.Int32Array: DataType.Int32,
+    DataType.Int64Array: DataType.Int64, DataType.UInt8Array: DataType.UInt8, DataType.UInt16Array: DataType.UInt16,
+    DataType.UInt32Array: DataType.UInt32, DataType.UInt64Array: DataType.UInt64,
+    DataType.FloatArray: DataType.Float, DataType.DoubleArray: DataType.Double,
+    DataType.BooleanArray: DataType.Boolean, DataType.StringArray: DataType.String,
+    DataType.DateTimeArray: DataType.DateTime,
+}
+
+
+def datatype_of(number: int) -> DataType:
+    """The DataType of a wire number; numbers this module does not know are Unknown."""
+    return DataType(number) if number in DataType._value2member_map_ else DataType.Unknown
 
 
 # --- metrics and payloads ---------------------------------------------------------------------------------
@@ -154,6 +196,60 @@ class Metric:
     timestamp_ms: int | None = None
     is_null: bool = False
     properties: dict[str, Any] = field(default_factory=dict)
+    # Set by decode_payload: the oneof member and raw value as on the wire, so a metric sent without a datatype
+    # (NDATA/DDATA SHOULD leave it out) can be decoded again with the datatype of its birth.
+    wire: tuple[str, Any] | None = field(default=None, repr=False, compare=False)
+    error: str | None = None  # why the value could not be decoded (it is then None)
+
+    def with_datatype(self, datatype: DataType) -> Metric:
+        """This metric decoded as `datatype` (the birth certificate's), when it came without one."""
+        if self.wire is None or self.is_null:
+            self.datatype = datatype
+            return self
+        value, error = _decode_wire(self.wire[0], self.wire[1], datatype)
+        self.datatype, self.value, self.error = datatype, value, error
+        return self
+
+
+def _pack_array(datatype: DataType, values: Any) -> bytes:
+    if datatype == DataType.BooleanArray:
+        items = [bool(v) for v in values]
+        packed = bytearray(len(items).to_bytes(4, "little"))
+        packed.extend(bytes((len(items) + 7) // 8))
+        for index, item in enumerate(items):
+            if item:
+                packed[4 + index // 8] |= 0x80 >> (index % 8)  # most significant bit first
+        return bytes(packed)
+    if datatype == DataType.StringArray:
+        return b"".join(str(v).encode() + b"\x00" for v in values)
+    code = _ARRAY_FORMATS[datatype]
+    items = [float(v) if code in "fd" else int(v) for v in values]
+    return struct.pack(f"<{len(items)}{code}", *items)
+
+
+def _unpack_array(datatype: DataType, raw: bytes) -> list:
+    if datatype == DataType.BooleanArray:
+        if len(raw) < 4:
+            raise SparkplugError(f"BooleanArray of {len(raw)} bytes lacks its 4-byte count")
+        count = int.from_bytes(raw[:4], "little")
+        if len(raw) - 4 < (count + 7) // 8:
+            raise SparkplugError(f"BooleanArray of {count} values needs {(count + 7) // 8} bytes after the count, "
+                                 f"got {len(raw) - 4}")
+        return [bool(raw[4 + i // 8] & (0x80 >> (i % 8))) for i in range(count)]
+    if datatype == DataType.StringArray:
+        if not raw:
+            return []
+        if not raw.endswith(b"\x00"):
+            raise SparkplugError("StringArray does not end with a NUL terminator")
+        try:
+            return [part.decode() for part in raw[:-1].split(b"\x00")]
+        except UnicodeDecodeError as exc:
+            raise SparkplugError(f"StringArray element is not UTF-8: {exc}") from None
+    code = _ARRAY_FORMATS[datatype]
+    size = struct.calcsize(code)
+    if len(raw) % size:
+        raise SparkplugError(f"{datatype.name} of {len(raw)} bytes is not a whole number of {size}-byte elements")
+    return list(struct.unpack(f"<{len(raw) // size}{code}", raw))
 
 
 def _set_value(target: Any, datatype: DataType, value: Any) -> None:
@@ -174,22 +270,35 @@ def _set_value(target: Any, datatype: DataType, value: Any) -> None:
         target.string_value = str(value)
     elif datatype in (DataType.Bytes, DataType.File):
         target.bytes_value = bytes(value)
+    elif datatype in ARRAY_TYPES:
+        target.bytes_value = _pack_array(datatype, value)
     else:
         raise SparkplugError(f"datatype {datatype.name} is not supported by this encoder")
+
+
+def _decode_wire(which: str, raw: Any, datatype: int) -> tuple[Any, str | None]:
+    """(value, error) of a oneof member read as `datatype`. Unknown datatypes keep the raw value."""
+    if datatype in _INT32_TYPES and which in ("int_value", "long_value"):
+        bits = _INT32_TYPES[DataType(datatype)]
+        raw &= (1 << bits) - 1
+        return (raw - (1 << bits) if raw >= 1 << (bits - 1) else raw), None
+    if datatype == DataType.Int64 and which == "long_value":
+        return (raw - (1 << 64) if raw >= 1 << 63 else raw), None
+    if datatype in ARRAY_TYPES:
+        if which != "bytes_value":
+            return None, f"{DataType(datatype).name} must be sent as bytes_value, got {which}"
+        try:
+            return _unpack_array(DataType(datatype), raw), None
+        except SparkplugError as exc:
+            return None, str(exc)
+    return raw, None
 
 
 def _get_value(source: Any, datatype: int) -> Any:
     which = source.WhichOneof("value")
     if which is None:
         return None
-    raw = getattr(source, which)
-    if datatype in _INT32_TYPES and which == "int_value":
-        bits = _INT32_TYPES[DataType(datatype)]
-        raw &= (1 << bits) - 1
-        return raw - (1 << bits) if raw >= 1 << (bits - 1) else raw
-    if datatype == DataType.Int64 and which == "long_value":
-        return raw - (1 << 64) if raw >= 1 << 63 else raw
-    return raw
+    return _decode_wire(which, getattr(source, which), datatype)[0]
 
 
 def _property_datatype(value: Any) -> DataType:
@@ -258,14 +367,19 @@ def decode_payload(data: bytes) -> DecodedPayload:
         if raw.HasField("properties"):
             for key, prop in zip(raw.properties.keys, raw.properties.values, strict=False):
                 properties[key] = None if prop.is_null else _get_value(prop, prop.type)
+        which = raw.WhichOneof("value")
+        wire = None if which is None else (which, getattr(raw, which))
+        value, error = (None, None) if raw.is_null or wire is None else _decode_wire(which, wire[1], raw.datatype)
         metrics.append(Metric(
             name=raw.name if raw.HasField("name") else None,
-            value=None if raw.is_null else _get_value(raw, raw.datatype),
-            datatype=DataType(raw.datatype) if raw.datatype in DataType._value2member_map_ else DataType.Unknown,
+            value=value,
+            datatype=datatype_of(raw.datatype),
             alias=raw.alias if raw.HasField("alias") else None,
             timestamp_ms=raw.timestamp if raw.HasField("timestamp") else None,
             is_null=raw.is_null,
             properties=properties,
+            wire=wire,
+            error=error,
         ))
     return DecodedPayload(
         timestamp_ms=payload.timestamp if payload.HasField("timestamp") else None,

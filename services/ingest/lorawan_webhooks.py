@@ -5,9 +5,14 @@ protobuf-JSON (camelCase, bytes in base64, zero values may be left out). The Thi
 leaves out "", 0 and false; its message type is the key present (`uplink_message`, `join_accept`, ...).
 
 An uplink becomes one reading per scalar field of its decoded object (ChirpStack `object`, TTS
-`decoded_payload`); when there is none, the frame payload is decoded with the device's codec (`lineguard.lorawan`).
-The device is the DevEUI in lower case, as the plant model names it. Ids: `chirpstack:<deduplicationId>:<metric>`
-and `tts:<uplink correlation id>:<metric>`, so a network server's retry is dropped as a duplicate.
+`decoded_payload`): nested objects as `a.b`, list elements as `a[0]` (one reading each, attribute `index`);
+what cannot be mapped (deeper than 4 levels, more than 1024 values) dead-letters the uplink, nothing is dropped.
+When there is no decoded object, the frame payload is decoded with the device's codec (`lineguard.lorawan`).
+The device is the DevEUI in lower case, as the plant model names it; a TTS ABP device registered without a
+DevEUI is its `device_id` (with its `dev_addr` as an attribute). TTS `observed_at` is the network server's
+`received_at` (a gateway's `gps_time` when present and within 30 s of it; gateway clocks can be years off).
+Ids: `chirpstack:<deduplicationId>:<metric>` and `tts:<uplink correlation id>:<metric>`, so a network server's
+retry is dropped as a duplicate.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class Uplink:
 
     protocol: str
     dedup_id: str  # ChirpStack deduplicationId / TTS uplink correlation id
-    dev_eui: str
+    dev_eui: str  # the device id of the readings: the DevEUI in lower case, or a TTS ABP device's device_id
     f_cnt: int
     f_port: int
     decoded: dict | None
@@ -156,9 +161,50 @@ def parse_tts(body: bytes) -> tuple[str | None, dict]:
     return tts_message_type(data), data
 
 
+# A gateway time is used only when GPS-synchronised and within this distance of the network server's receive time.
+GATEWAY_TIME_PLAUSIBLE_MS = 30_000
+
+
+def _tts_device(ids: dict) -> tuple[str, dict[str, str]]:
+    """(device, attributes): the DevEUI; for an ABP device registered without one, its device_id (with dev_addr,
+    which an ABP device keeps for life)."""
+    if ids.get("dev_eui") not in (None, ""):
+        return _dev_eui(ids.get("dev_eui"), "end_device_ids.dev_eui"), {}
+    device_id = optional_str(ids.get("device_id"), "end_device_ids.device_id", 128)
+    dev_addr = optional_str(ids.get("dev_addr"), "end_device_ids.dev_addr", 16)
+    if not device_id or not device_id.strip() or not dev_addr:
+        raise InputError("end_device_ids.dev_eui", "required (or, for an ABP device without one, device_id and "
+                                                   "dev_addr)")
+    if len(dev_addr) != 8 or any(c not in "0123456789abcdef" for c in dev_addr.lower()):
+        raise InputError("end_device_ids.dev_addr", f"expected 8 hex digits, got {dev_addr[:40]!r}")
+    return device_id.strip(), {"dev_addr": dev_addr.lower(), "activation": "abp"}
+
+
+def _tts_observed_at(data: dict, up: dict, rx: Any, received_at: int) -> tuple[int, str]:
+    """(observed_at, which field): the network server's received_at; a gateway's GPS time when it is there and
+    plausible (a gateway's own clock can be years off); our receive time when neither is there."""
+    server = None
+    for stamp, where in ((up.get("received_at"), "uplink_message.received_at"), (data.get("received_at"),
+                                                                                  "received_at")):
+        if stamp:
+            server = parse_timestamp(stamp, where), where
+            break
+    reference = server[0] if server else received_at
+    if isinstance(rx, list):
+        for index, meta in enumerate(rx):
+            if isinstance(meta, dict) and meta.get("gps_time"):
+                try:
+                    gps = parse_timestamp(meta["gps_time"], f"uplink_message.rx_metadata[{index}].gps_time")
+                except InputError:
+                    continue
+                if abs(gps - reference) <= GATEWAY_TIME_PLAUSIBLE_MS:
+                    return gps, f"rx_metadata[{index}].gps_time"
+    return server if server else (received_at, "ingest")
+
+
 def parse_tts_uplink(data: dict, received_at: int) -> Uplink:
     ids = _obj(data, "end_device_ids", "", required=True)
-    dev_eui = _dev_eui(ids.get("dev_eui"), "end_device_ids.dev_eui")
+    dev_eui, device_attributes = _tts_device(ids)
     up = _obj(data, "uplink_message", "", required=True)
     correlation = data.get("correlation_ids") or []
     if not isinstance(correlation, list) or not all(isinstance(c, str) for c in correlation):
@@ -175,18 +221,11 @@ def parse_tts_uplink(data: dict, received_at: int) -> Uplink:
     decoded = up.get("decoded_payload")
     if decoded is not None and not isinstance(decoded, dict):
         raise InputError("uplink_message.decoded_payload", f"expected an object, got {type(decoded).__name__}")
-    observed_at = received_at
     rx = up.get("rx_metadata")
-    stamp_field, stamp = None, None
-    if isinstance(rx, list) and rx and isinstance(rx[0], dict) and rx[0].get("time"):
-        stamp_field, stamp = "uplink_message.rx_metadata[0].time", rx[0]["time"]
-    elif up.get("received_at"):
-        stamp_field, stamp = "uplink_message.received_at", up["received_at"]
-    elif data.get("received_at"):
-        stamp_field, stamp = "received_at", data["received_at"]
-    if stamp_field is not None:
-        observed_at = parse_timestamp(stamp, stamp_field)
+    observed_at, time_source = _tts_observed_at(data, up, rx, received_at)
     attributes = _radio(rx, "gateway_ids", "uplink_message.rx_metadata")
+    attributes.update(device_attributes)
+    attributes["time_source"] = time_source
     if isinstance(ids.get("device_id"), str):
         attributes["device_id"] = ids["device_id"][:128]
     app = ids.get("application_ids")
@@ -196,15 +235,28 @@ def parse_tts_uplink(data: dict, received_at: int) -> Uplink:
                   _base64(up, "frm_payload", "uplink_message."), observed_at, attributes)
 
 
-def _flatten(obj: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and depth < 3:
-            out.extend(_flatten(value, f"{name}.", depth + 1))
-        elif value is None or isinstance(value, bool | int | float | str):
-            out.append((name, value))
-    return out
+MAX_DEPTH = 4
+MAX_VALUES = 1024
+
+
+def _flatten(value: Any, name: str, index: tuple[int, ...], depth: int,
+             out: list[tuple[str, Any, tuple[int, ...]]]) -> None:
+    """(metric, value, list indexes) of every scalar: objects nest as `a.b`, list elements as `a[0]` (each
+    becomes its own reading with an `index` attribute). Anything else raises: dead-lettered, never dropped."""
+    if value is None or isinstance(value, bool | int | float | str):
+        out.append((name, value, index))
+    elif depth >= MAX_DEPTH and isinstance(value, dict | list):
+        raise UndecodablePayload(f"decoded field {name}: nested deeper than {MAX_DEPTH} levels")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(inner, f"{name}.{key}" if name else str(key), index, depth + 1, out)
+    elif isinstance(value, list):
+        for position, inner in enumerate(value):
+            _flatten(inner, f"{name}[{position}]", (*index, position), depth + 1, out)
+    else:
+        raise UndecodablePayload(f"decoded field {name}: {type(value).__name__} is not a value")
+    if len(out) > MAX_VALUES:
+        raise UndecodablePayload(f"the decoded object holds more than {MAX_VALUES} values")
 
 
 def uplink_readings(uplink: Uplink, codecs: dict[str, str], address: str, received_at: int,
@@ -226,17 +278,19 @@ def uplink_readings(uplink: Uplink, codecs: dict[str, str], address: str, receiv
         except PayloadError as exc:
             raise UndecodablePayload(f"codec {codec_name} cannot decode {uplink.frm_payload.hex()}: {exc}") from None
         attributes["codec"] = codec_name
-    values = _flatten(decoded)
+    values: list[tuple[str, Any, tuple[int, ...]]] = []
+    _flatten(decoded, "", (), 0, values)
     if not values:
         raise UndecodablePayload(f"uplink {uplink.dedup_id}: the decoded object holds no values")
     src = source(uplink.protocol, uplink.dev_eui, address, str(uplink.f_cnt), received_by)
     out = []
-    for metric, raw in values[:256]:
+    for metric, raw, index in values:
         try:
             value = check_value(raw, metric)
         except InputError as exc:
             raise UndecodablePayload(f"decoded field {exc}") from None
+        attrs = attributes if not index else {**attributes, "index": ",".join(map(str, index))}
         out.append(reading(id=f"{uplink.protocol}:{uplink.dedup_id}:{metric}", device=uplink.dev_eui,
                            metric=metric, value=value, unit=units.get(metric), observed_at=uplink.observed_at,
-                           received_at=received_at, src=src, attributes=attributes))
+                           received_at=received_at, src=src, attributes=attrs))
     return out

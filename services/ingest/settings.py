@@ -43,7 +43,13 @@ class IngestSettings(Settings):
         {"a84041000181c061": "environment"},
         help="DevEUI=codec pairs used when a webhook carries no decoded object (codecs: environment).")
     delivery_timeout_s: float = env_field(
-        8.0, help="Longest an HTTP caller waits for Kafka before getting 503 (webhook timeouts are 10 s).")
+        8.0, help="Longest an HTTP push caller waits for Kafka before getting 503 (webhooks use the spool).")
+    webhook_spool_dir: Path = env_field(
+        Path("var/ingest/webhook-spool"),
+        help="Directory of the LoRaWAN webhook spool (uplinks are on disk here before the 2xx; one subdirectory "
+             "per topic prefix). Put it on a persistent volume.")
+    webhook_spool_max_bytes: int = env_field(
+        64 * 1024 * 1024, help="Most bytes of uplinks the spool holds while Kafka is away; beyond it webhooks get 503.")
     max_body_bytes: int = env_field(4 * 1024 * 1024, help="Largest accepted HTTP request body.")
 
     # --- SFTP ---
@@ -52,12 +58,18 @@ class IngestSettings(Settings):
     sftp_ledger: Path = env_field(Path("var/ingest/sftp-ledger.jsonl"),
                                   help="Ledger of processed SFTP files (name, size, sha256), kept across restarts.")
     sftp_poll_interval_s: float = env_field(5.0, help="Seconds between polls of each SFTP directory.")
+    sftp_quiet_period_s: float = env_field(
+        10.0, help="A file without a .done/.ok marker is taken once its size and mtime stayed the same this long.")
+    sftp_unterminated_after_s: float = env_field(
+        600.0, help="A file still without its final newline after this long is taken, its last line dead-lettered.")
 
     # --- deduplication ---
     dedup_capacity: int = env_field(200000, help="How many recent reading ids are remembered to drop duplicates.")
 
     def validate(self) -> None:
         super().validate()
+        if self.webhook_spool_max_bytes < 65536:
+            raise SettingsError("LINEGUARD_WEBHOOK_SPOOL_MAX_BYTES: at least 65536")
         if self.delivery_timeout_s <= 0:
             raise SettingsError("LINEGUARD_DELIVERY_TIMEOUT_S must be positive")
         if self.mqtt_url and not self.mqtt_url.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):

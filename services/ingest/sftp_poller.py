@@ -1,9 +1,16 @@
 """SFTP poller (asyncssh client): CSV files dropped by legacy machines -> readings, each file exactly once.
 
 For each configured source, every poll interval:
-1. list the directory; skip temporary names (`.x`, `*.part`, `*.tmp`, `*.filepart`, `*~`) and files whose size or
-   modification time changed since the previous poll (still being written: a file is taken on the poll after it
-   was first seen unchanged);
+1. list the directory and take only complete files. A file is complete when
+   - its name is final: temporary names (`.x`, `*.part`, `*.tmp`, `*.filepart`, `*~`) are skipped, so a writer
+     that uploads as `batch.csv.part` and renames on completion is taken only after the rename;
+   - and a companion marker file (`<name>.done`, `<name>.ok`, or with the data suffix replaced: `batch.done`)
+     exists; with `marker: true` on the source a file without one is never taken;
+   - or, without a marker, its size and modification time stayed the same for the quiet period
+     (`LINEGUARD_SFTP_QUIET_PERIOD_S`, or `quiet_period_s` on the source) and at least one poll interval;
+   - and (both cases) its content ends with a newline: a PLC that paused mid-line has not finished. A file that
+     stays without its final newline for `LINEGUARD_SFTP_UNTERMINATED_AFTER_S` is taken with its last line
+     dead-lettered, never ingested as a value;
 2. download it and hash it (sha256); a file already in the ledger (source, name, size, sha256) is not ingested
    again, only moved to done;
 3. parse every row by the source's mapping (columns, types, units, timestamp format and zone): one reading per
@@ -11,7 +18,7 @@ For each configured source, every poll interval:
 4. record the file in the ledger as "producing" (written atomically: temporary file, fsync, rename), produce
    every record and wait until Kafka acknowledged all of them (if it does not, the file stays where it is and is
    tried again on the next poll);
-5. record it as "done", then move it to the done directory.
+5. record it as "done", then move it (and its marker) to the done directory.
 After a crash (SIGKILL) in 4, the file is found again with its ledger entry "producing": ingest reads the
 readings topic from the moment producing began and produces only the records (ids `sftp:<source>:<file>:<sha256
 prefix>:<row>:<metric>`) that are not there yet. After 5 the file is never ingested again.
@@ -26,6 +33,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -38,8 +46,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncssh
 import yaml
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
+from lineguard.kafka import AtTime, read_topic
 from lineguard.logs import event, get_logger
 from services.ingest.parsing import InputError, parse_timestamp
 from services.ingest.pipeline import (
@@ -56,6 +65,7 @@ from services.ingest.pipeline import (
 log = get_logger(__name__)
 
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".temp", ".filepart", ".partial", ".crdownload", "~")
+MARKER_SUFFIXES = (".done", ".ok")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DEAD_LETTER_BYTES = 900 * 1024
 TYPES = ("float", "int", "bool", "str")
@@ -97,6 +107,8 @@ class SftpSource:
     client_keys: tuple[str, ...] = ()
     known_hosts: str | None = None  # None: any host key is accepted (logged); set it in production
     decimal_comma: bool = False
+    marker: bool = False  # take a file only once its .done/.ok marker exists
+    quiet_period_s: float | None = None  # None: the poller's (LINEGUARD_SFTP_QUIET_PERIOD_S)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -144,7 +156,9 @@ def parse_sources(raw: Any, origin: str = "<sources>") -> list[SftpSource]:
             attributes=tuple(str(a) for a in item.get("attributes", ())), pattern=str(item.get("pattern", "*.csv")),
             delimiter=str(item.get("delimiter", ",")), encoding=str(item.get("encoding", "utf-8")),
             password_env=item.get("password_env"), client_keys=tuple(item.get("client_keys", ())),
-            known_hosts=item.get("known_hosts"), decimal_comma=bool(item.get("decimal_comma", False)))
+            known_hosts=item.get("known_hosts"), decimal_comma=bool(item.get("decimal_comma", False)),
+            marker=bool(item.get("marker", False)),
+            quiet_period_s=None if item.get("quiet_period_s") is None else float(item["quiet_period_s"]))
         try:
             source_obj.zone  # noqa: B018 - fail at start-up, not on the first file
         except (ZoneInfoNotFoundError, ValueError):
@@ -232,6 +246,16 @@ def parse_csv(src: SftpSource, path: str, content: bytes, sha256: str, received_
     except (UnicodeDecodeError, LookupError) as exc:
         return whole_file_letter(f"{name}: not {src.encoding} text: {exc}", "UnicodeDecodeError")
     text = text.removeprefix("\ufeff")
+    if text and not text.endswith(("\n", "\r")):
+        # Never ingest a final line without its newline: the writer may have stopped in the middle of it.
+        cut = max(text.rfind("\n"), text.rfind("\r")) + 1
+        tail, text = text[cut:], text[:cut]
+        lines = len(text.splitlines())  # the tail is line lines + 1, data row `lines` (after the header)
+        out.dead_letters.append(DeadLetter(tail.encode(src.encoding, "replace"), f"{name}: line {lines + 1} has "
+                                           "no newline at the end of the file: an incomplete row, not ingested",
+                                           "IncompleteRow", "sftp", path, str(lines), src.device))
+        if not text:
+            return out
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=src.delimiter)
     try:
         header = next(reader, None)
@@ -366,23 +390,49 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
 
 
+def is_marker(name: str) -> bool:
+    return name.lower().endswith(MARKER_SUFFIXES)
+
+
+def marker_names(name: str) -> list[str]:
+    """The companion marker names that say `name` is complete: batch.csv.done, batch.csv.ok, batch.done,
+    batch.ok."""
+    stem = posixpath.splitext(name)[0]
+    return [f"{base}{suffix}" for base in dict.fromkeys((name, stem)) for suffix in MARKER_SUFFIXES]
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime: int
+    since: float  # time.monotonic() when this size and mtime were first seen
+    polls: int = 1  # polls that saw them
+
+
 class SftpPoller:
     name = "sftp"
 
     def __init__(self, pipeline: IngestPipeline, sources: list[SftpSource], ledger_path: Path,
                  poll_interval_s: float = 5.0, delivery_timeout_s: float = 60.0,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, quiet_period_s: float | None = None,
+                 unterminated_after_s: float | None = None) -> None:
         self.pipeline = pipeline
         self.sources = sources
         self.ledger = Ledger(ledger_path)
         self.poll_interval_s = poll_interval_s
         self.delivery_timeout_s = delivery_timeout_s
         self.environ = os.environ if environ is None else environ
-        self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (source, name) -> (size, mtime) last poll
+        # Unless given, from the ingest settings (LINEGUARD_SFTP_QUIET_PERIOD_S, ..._UNTERMINATED_AFTER_S).
+        settings = pipeline.settings
+        self.quiet_period_s = quiet_period_s if quiet_period_s is not None else \
+            float(getattr(settings, "sftp_quiet_period_s", 0.0))
+        self.unterminated_after_s = unterminated_after_s if unterminated_after_s is not None else \
+            float(getattr(settings, "sftp_unterminated_after_s", 600.0))
+        self._seen: dict[tuple[str, str], _Seen] = {}  # (source, name) -> size and mtime, since when
         self._connections: dict[str, tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]] = {}
         self._stopping = asyncio.Event()
         self.stats: dict[str, int] = {"files": 0, "rows": 0, "records": 0, "dead_letters": 0, "skipped": 0,
-                                      "already_ingested": 0, "failures": 0}
+                                      "already_ingested": 0, "failures": 0, "incomplete_waits": 0}
         m = pipeline.metrics
         self._m_received = m.received.labels(self.name)
         self._m_lag = m.ack_lag.labels(self.name)
@@ -441,30 +491,41 @@ class SftpPoller:
         """One pass over the source's directory; returns how many files were completed (moved to done)."""
         sftp = await self._connect(src)
         entries = await sftp.readdir(src.directory)
+        names = {entry.filename for entry in entries}
         present = set()
         completed = 0
+        quiet = self.quiet_period_s if src.quiet_period_s is None else src.quiet_period_s
+        now = time.monotonic()
         for entry in sorted(entries, key=lambda e: e.filename):
             name = entry.filename
             attrs = entry.attrs
             if name in (".", "..") or attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
                 continue
-            if is_temporary(name) or not fnmatch.fnmatch(name, src.pattern):
+            if is_temporary(name) or is_marker(name) or not fnmatch.fnmatch(name, src.pattern):
                 continue
             present.add(name)
             size, mtime = int(attrs.size or 0), int(attrs.mtime or 0)
-            previous = self._seen.get((src.name, name))
-            self._seen[(src.name, name)] = (size, mtime)
-            if previous != (size, mtime):
-                continue  # new or still growing: take it once it stayed the same for a whole poll interval
+            seen = self._seen.get((src.name, name))
+            if seen is None or (seen.size, seen.mtime) != (size, mtime):
+                seen = self._seen[(src.name, name)] = _Seen(size, mtime, now)
+            else:
+                seen.polls += 1
+            marker = next((m for m in marker_names(name) if m in names), None)
+            if marker is None and (src.marker or seen.polls < 2 or now - seen.since < quiet):
+                continue  # new, still growing, or (marker sources) not declared complete yet
             if self._stopping.is_set():
                 break
-            if await self.process(sftp, src, name, size):
+            force = now - seen.since >= self.unterminated_after_s
+            if await self.process(sftp, src, name, size, marker, force):
                 completed += 1
         for key in [k for k in self._seen if k[0] == src.name and k[1] not in present]:
             del self._seen[key]
         return completed
 
-    async def process(self, sftp: asyncssh.SFTPClient, src: SftpSource, name: str, size: int) -> bool:
+    async def process(self, sftp: asyncssh.SFTPClient, src: SftpSource, name: str, size: int,
+                      marker: str | None = None, force: bool = False) -> bool:
+        """Ingest one file; False when it is not taken now (too large, changed, or its last line has no
+        newline yet and `force` is not set: it is looked at again on the next poll)."""
         path = posixpath.join(src.directory, name)
         if size > MAX_FILE_BYTES:
             self.stats["skipped"] += 1
@@ -472,7 +533,13 @@ class SftpPoller:
             return False
         started = time.monotonic()
         async with sftp.open(path, "rb") as handle:
-            content = await handle.read()
+            last = await handle.read(1, size - 1) if size else b""
+            if last not in (b"", b"\n", b"\r") and not force:
+                # The writer stopped mid-line (a slow PLC): not complete, whatever its size and age say.
+                self.stats["incomplete_waits"] += 1
+                event(log, "sftp_file_waiting_for_final_newline", source=src.name, path=path, size=size)
+                return False
+            content = await handle.read(-1, 0)
         if len(content) != size:
             return False  # changed under us: next poll
         sha256 = hashlib.sha256(content).hexdigest()
@@ -480,7 +547,7 @@ class SftpPoller:
         if key in self.ledger:
             self.stats["already_ingested"] += 1
             event(log, "sftp_file_already_ingested", source=src.name, path=path, sha256=sha256)
-            await self._move_done(sftp, src, name)
+            await self._move_done(sftp, src, name, marker)
             return True
         self._m_received.inc()
         parsed = parse_csv(src, path, content, sha256, now_ms(), self.pipeline.instance)
@@ -516,51 +583,41 @@ class SftpPoller:
         self._m_lag.observe(time.monotonic() - started)
         event(log, "sftp_file_ingested", source=src.name, path=path, rows=parsed.rows, records=produced,
               dead_letters=len(parsed.dead_letters))
-        await self._move_done(sftp, src, name)
+        await self._move_done(sftp, src, name, marker)
         return True
 
     def _delivered_ids(self, prefix: str, since_ms: int) -> set[str] | None:
         """Ids starting with `prefix` already on the readings topic, produced after `since_ms` (a bounded read
         from that timestamp to the end of each partition). None when Kafka cannot be read: then the file is
         produced again in full (duplicates carry the same ids)."""
-        settings = self.pipeline.settings
-        topic = settings.topic(READINGS)
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.service_name}-"
-                             f"sftp-recovery", "enable.auto.commit": False, "enable.partition.eof": True,
-                             **settings.kafka_security})
+        serde = self.pipeline.producer.serde
+        found: set[str] = set()
         try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            starts = consumer.offsets_for_times([TopicPartition(topic, p, max(since_ms, 0)) for p in partitions],
-                                                timeout=10)
-            todo = {tp.partition for tp in starts if tp.offset >= 0}
-            if not todo:
-                return set()
-            consumer.assign([tp for tp in starts if tp.offset >= 0])
-            found: set[str] = set()
-            deadline = time.monotonic() + 60
-            while todo and time.monotonic() < deadline:
-                for msg in consumer.consume(500, 0.5):
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            todo.discard(msg.partition())
-                        continue
-                    try:
-                        rid = self.pipeline.producer.serde.decode(READINGS, msg.value())["id"]
-                    except Exception:  # noqa: BLE001 - another writer's record: not ours to judge here
-                        continue
-                    if rid.startswith(prefix):
-                        found.add(rid)
-            return found if not todo else None
-        except KafkaException as exc:
-            event(log, "sftp_recovery_read_failed", level=30, error=str(exc)[:300])
+            for record in read_topic(self.pipeline.settings, READINGS, start=AtTime(max(since_ms, 0)), decode=False,
+                                     timeout_s=60, group_id=f"{self.pipeline.settings.service_name}-sftp-recovery"):
+                try:
+                    rid = serde.decode(READINGS, record.value)["id"]
+                except Exception:  # noqa: BLE001 - another writer's record: not ours to judge here
+                    continue
+                if rid.startswith(prefix):
+                    found.add(rid)
+        except (KafkaException, TimeoutError) as exc:
+            event(log, "sftp_recovery_read_failed", level=logging.WARNING, error=str(exc)[:300])
             return None
-        finally:
-            consumer.close()
+        return found
 
-    async def _move_done(self, sftp: asyncssh.SFTPClient, src: SftpSource, name: str) -> None:
+    async def _move_done(self, sftp: asyncssh.SFTPClient, src: SftpSource, name: str,
+                         marker: str | None = None) -> None:
         if not await sftp.exists(src.done_directory):
             await sftp.makedirs(src.done_directory, exist_ok=True)
-        target = posixpath.join(src.done_directory, name)
-        if await sftp.exists(target):  # a file of the same name was done before: keep both
-            target = posixpath.join(src.done_directory, f"{int(time.time() * 1000)}-{name}")
-        await sftp.rename(posixpath.join(src.directory, name), target)
+        for moving in (name, marker):
+            if moving is None:
+                continue
+            target = posixpath.join(src.done_directory, moving)
+            if await sftp.exists(target):  # a file of the same name was done before: keep both
+                target = posixpath.join(src.done_directory, f"{int(time.time() * 1000)}-{moving}")
+            try:
+                await sftp.rename(posixpath.join(src.directory, moving), target)
+            except asyncssh.SFTPNoSuchFile:
+                if moving == name:
+                    raise  # the marker may have been removed by its writer; the data file must move

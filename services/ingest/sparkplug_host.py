@@ -1,14 +1,23 @@
 """Sparkplug B host application (Sparkplug 3.0): edge node and device births, data and deaths -> readings.
 
 - Connects with its own MQTT client, a will on `spBv1.0/STATE/<host_id>` (`{"online": false, "timestamp": t}`,
-  QoS 1, retained), subscribes to `spBv1.0/<group>/#`, then publishes `{"online": true, "timestamp": t}` on the
-  same topic (retained); a clean stop publishes the offline STATE itself.
+  QoS 1, retained) where t is the time of that CONNECT (set again before every reconnect), subscribes at QoS 1 to
+  `spBv1.0/<group>/#` and to its own STATE topic, then publishes `{"online": true, "timestamp": t}` (retained, the
+  same t); a STATE on its own id saying offline (a retained will of an earlier session) is answered at once with
+  online; a clean stop publishes the offline STATE itself.
 - NBIRTH/DBIRTH: remember every metric's name, alias, datatype and unit (`engUnit` property), produce the values.
-- NDATA/DDATA: resolve aliases from the births, produce the values.
+- NDATA/DDATA: resolve aliases from the births; a metric without a datatype (the spec says data messages SHOULD
+  leave it out) is decoded with its birth's (an Int32 -6 is -6, not 4294967290); produce the values.
+- Values: arrays (Int8Array ... DateTimeArray) become one reading per element, metric `<name>[i]` with attribute
+  `index`; integers beyond 2^53 (UInt64, Int64) travel as exact decimal strings; bytes as hex.
 - NDEATH (with the current bdSeq) / DDEATH: the node's (device's) metrics become stale: one reading per metric with
-  value null and attribute `quality=stale`, so consumers know the last value is no longer current.
+  value null and attribute `quality=stale`, stamped with the host's receive time (an NDEATH's own timestamp is the
+  will's, set at CONNECT, so it would sort before the data it invalidates).
+- The host itself losing the broker: it cannot see deaths any more, so every node's metrics become stale then,
+  and every node must be born again (its next data asks for a Rebirth).
 - Rebirth: on a seq gap, data before birth, or an unknown alias, publish NCMD `Node Control/Rebirth` = true (at
-  most once per node every few seconds). Data that cannot be resolved is dead-lettered with the reason.
+  most once per node every few seconds). Data that cannot be resolved is dead-lettered with the reason and the
+  message's original payload bytes.
 - `Alarms/<name>` boolean metrics become alarms on raw.alarms.v1 (raise on true, clear on false, on change).
 
 Sparkplug data is QoS 0, so there is no broker-side acknowledgement to hold back; a record Kafka did not take is
@@ -51,6 +60,7 @@ class _Scope:
     datatypes: dict[str, int] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     alarm_states: dict[str, bool] = field(default_factory=dict)
+    array_sizes: dict[str, int] = field(default_factory=dict)  # elements last seen per array metric
 
 
 @dataclass
@@ -118,17 +128,17 @@ class SparkplugState:
             if decoded.seq not in (0, None):
                 result.rebirth = f"NBIRTH with seq {decoded.seq} (expected 0)"
             self._learn(node.scope, decoded.metrics)
-            self._emit(result, node, None, node.scope, decoded, topic, received_at, position)
+            self._emit(result, node, None, node.scope, decoded, topic, received_at, position, payload)
             return result
         if kind == "NDEATH":
             bd = decoded.metric(spb.BDSEQ_METRIC)
             if bd is not None and node.bd_seq is not None and bd.value != node.bd_seq:
                 return result  # the will of an older session: the current one is alive
             if node.scope.online:
-                self._stale(result, node, None, node.scope, topic, received_at, decoded.timestamp_ms)
+                self._stale(result, node, None, node.scope, topic, received_at)
                 for device_id, scope in node.devices.items():
                     if scope.online:
-                        self._stale(result, node, device_id, scope, topic, received_at, decoded.timestamp_ms)
+                        self._stale(result, node, device_id, scope, topic, received_at)
             node.scope.online = False
             for scope in node.devices.values():
                 scope.online = False
@@ -144,26 +154,26 @@ class SparkplugState:
         if decoded.seq is not None:
             node.last_seq = decoded.seq
         if kind == "NDATA":
-            self._emit(result, node, None, node.scope, decoded, topic, received_at, position)
+            self._emit(result, node, None, node.scope, decoded, topic, received_at, position, payload)
             return result
         device_id = parsed.device_id or ""
         if kind == "DBIRTH":
             scope = node.devices[device_id] = _Scope(online=True)
             # Device aliases are unique within the edge node; NDATA/DDATA may use either.
             self._learn(scope, decoded.metrics)
-            self._emit(result, node, device_id, scope, decoded, topic, received_at, position)
+            self._emit(result, node, device_id, scope, decoded, topic, received_at, position, payload)
             return result
         scope = node.devices.get(device_id)
         if kind == "DDEATH":
             if scope is not None and scope.online:
-                self._stale(result, node, device_id, scope, topic, received_at, decoded.timestamp_ms)
+                self._stale(result, node, device_id, scope, topic, received_at)
                 scope.online = False
             return result
         if scope is None or not scope.online:  # DDATA
             result.rebirth = f"DDATA from device {device_id} before its DBIRTH"
             letter(f"DDATA from {parsed.group_id}/{parsed.edge_node_id}/{device_id} before its DBIRTH")
             return result
-        self._emit(result, node, device_id, scope, decoded, topic, received_at, position)
+        self._emit(result, node, device_id, scope, decoded, topic, received_at, position, payload)
         return result
 
     @staticmethod
@@ -179,33 +189,38 @@ class SparkplugState:
                 scope.units[metric.name] = unit[:32]
 
     def _emit(self, result: HostResult, node: _Node, device_id: str | None, scope: _Scope,
-              decoded: spb.DecodedPayload, topic: str, received_at: int, position: str | None) -> None:
+              decoded: spb.DecodedPayload, topic: str, received_at: int, position: str | None,
+              payload: bytes) -> None:
         device = device_id or node.edge_node_id
         path = f"{node.group_id}/{node.edge_node_id}" + (f"/{device_id}" if device_id else "")
         src = source("sparkplug", path, topic, position, self.received_by)
+        unknown_aliases: list[int] = []
+        invalid: list[str] = []
         for metric in decoded.metrics:
             name = metric.name
             if name is None and metric.alias is not None:
                 name = scope.names_by_alias.get(metric.alias) or node.scope.names_by_alias.get(metric.alias)
                 if name is None:
-                    result.rebirth = f"unknown alias {metric.alias}"
-                    result.dead_letters.append(DeadLetter(
-                        b"", f"{topic}: metric alias {metric.alias} was not in any birth certificate",
-                        "SparkplugStateError", "sparkplug", topic, position))
+                    unknown_aliases.append(metric.alias)
                     continue
             if name is None or name == spb.BDSEQ_METRIC or name.startswith(("Node Control/", "Device Control/")):
                 continue
-            observed_at = metric.timestamp_ms or decoded.timestamp_ms or received_at
-            value = metric.value
-            if isinstance(value, bytes):
-                value = value.hex()
-            try:
-                value = check_value(value, name)
-            except InputError as exc:
-                result.dead_letters.append(DeadLetter(b"", f"{topic}: {exc}", "InputError", "sparkplug", topic,
-                                                      position))
+            if metric.datatype == spb.DataType.Unknown:
+                # Data messages SHOULD leave the datatype out: the birth certificate's applies.
+                born = scope.datatypes.get(name, node.scope.datatypes.get(name))
+                if born:
+                    metric.with_datatype(spb.datatype_of(born))
+            if metric.error is not None:
+                invalid.append(f"metric {name}: {metric.error}")
                 continue
-            if name.startswith(ALARM_PREFIX) and isinstance(value, bool):
+            observed_at = metric.timestamp_ms or decoded.timestamp_ms or received_at
+            try:
+                values = reading_values(name, metric)
+            except InputError as exc:
+                invalid.append(str(exc))
+                continue
+            if name.startswith(ALARM_PREFIX) and len(values) == 1 and isinstance(values[0][1], bool):
+                value = values[0][1]
                 alarm_type = name[len(ALARM_PREFIX):]
                 previous = scope.alarm_states.get(name)
                 scope.alarm_states[name] = value
@@ -217,28 +232,84 @@ class SparkplugState:
                     alarm_type=alarm_type, action=action, severity=None, message=None, observed_at=observed_at,
                     received_at=received_at, src=src))
                 continue
-            attributes = {"datatype": spb.DataType(metric.datatype).name if metric.datatype in
-                          spb.DataType._value2member_map_ else str(int(metric.datatype))}
-            if metric.is_null:
-                attributes["quality"] = "null"
-            result.records.append(reading(
-                id=f"sparkplug:{path}:{name}:{observed_at}", device=device, metric=name, value=value,
-                unit=scope.units.get(name) or node.scope.units.get(name), observed_at=observed_at,
-                received_at=received_at, src=src, attributes=attributes))
+            unit = scope.units.get(name) or node.scope.units.get(name)
+            if metric.datatype in spb.ARRAY_TYPES:
+                scope.array_sizes[name] = len(values)
+            for metric_name, value, attributes in values:
+                result.records.append(reading(
+                    id=f"sparkplug:{path}:{metric_name}:{observed_at}", device=device, metric=metric_name,
+                    value=value, unit=unit, observed_at=observed_at, received_at=received_at, src=src,
+                    attributes=attributes))
+        if unknown_aliases:
+            result.rebirth = f"unknown alias {unknown_aliases[0]}"
+            result.dead_letters.append(DeadLetter(
+                payload, f"{topic}: metric alias(es) {', '.join(map(str, unknown_aliases[:20]))} not in any birth "
+                f"certificate", "SparkplugStateError", "sparkplug", topic, position))
+        if invalid:
+            result.dead_letters.append(DeadLetter(payload, f"{topic}: {'; '.join(invalid[:10])}"[:1000],
+                                                  "InputError", "sparkplug", topic, position))
 
     def _stale(self, result: HostResult, node: _Node, device_id: str | None, scope: _Scope, topic: str,
-               received_at: int, death_ms: int | None) -> None:
+               received_at: int) -> None:
+        """One null reading with quality=stale per metric, stamped with the host's receive time (the NDEATH
+        timestamp is the will's, set at CONNECT: the spec says hosts must not rely on it)."""
         device = device_id or node.edge_node_id
         path = f"{node.group_id}/{node.edge_node_id}" + (f"/{device_id}" if device_id else "")
         src = source("sparkplug", path, topic, None, self.received_by)
-        observed_at = death_ms or received_at
-        for name in scope.datatypes:
+        for name, datatype in scope.datatypes.items():
             if name == spb.BDSEQ_METRIC or name.startswith(("Node Control/", "Device Control/", ALARM_PREFIX)):
                 continue
-            result.records.append(reading(
-                id=f"sparkplug:{path}:{name}:stale:{observed_at}", device=device, metric=name, value=None,
-                unit=scope.units.get(name), observed_at=observed_at, received_at=received_at, src=src,
-                attributes={"quality": "stale"}))
+            names = [f"{name}[{i}]" for i in range(scope.array_sizes.get(name, 0))] \
+                if datatype in spb.ARRAY_TYPES else [name]
+            for metric_name in names:
+                result.records.append(reading(
+                    id=f"sparkplug:{path}:{metric_name}:stale:{received_at}", device=device, metric=metric_name,
+                    value=None, unit=scope.units.get(name), observed_at=received_at, received_at=received_at,
+                    src=src, attributes={"quality": "stale"}))
+
+    def connection_lost(self, received_at: int, why: str) -> HostResult:
+        """The host itself lost the broker: it can no longer see deaths, so every edge node's (and device's)
+        metrics become stale now; each node must be born again (data before a new birth asks for Rebirth)."""
+        result = HostResult()
+        topic = f"{spb.NAMESPACE}/STATE/{why}"
+        for node in self.nodes.values():
+            if node.scope.online:
+                self._stale(result, node, None, node.scope, topic, received_at)
+            for device_id, scope in node.devices.items():
+                if scope.online:
+                    self._stale(result, node, device_id, scope, topic, received_at)
+                scope.online = False
+            node.scope.online = False
+            node.last_seq = None
+        return result
+
+
+MAX_ARRAY_ELEMENTS = 1024
+_EXACT_LIMIT = 2 ** 53  # integers beyond this lose precision as doubles: they travel as decimal strings
+
+
+def _scalar(value: Any, field_name: str) -> float | str | bool | None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _EXACT_LIMIT:
+        return str(value)
+    if isinstance(value, bytes):
+        value = value.hex()
+    return check_value(value, field_name)
+
+
+def reading_values(name: str, metric: spb.Metric) -> list[tuple[str, Any, dict[str, str]]]:
+    """(metric name, value, attributes) of the readings one Sparkplug metric becomes: one for a scalar, one per
+    element (`name[i]`, attribute `index`) for an array. Raises InputError for a value the schema cannot carry."""
+    datatype = metric.datatype
+    type_name = datatype.name if datatype != spb.DataType.Unknown else "Unknown"
+    if datatype in spb.ARRAY_TYPES and isinstance(metric.value, list):
+        if len(metric.value) > MAX_ARRAY_ELEMENTS:
+            raise InputError(name, f"{type_name} of {len(metric.value)} elements (at most {MAX_ARRAY_ELEMENTS})")
+        return [(f"{name}[{index}]", _scalar(element, f"{name}[{index}]"),
+                 {"datatype": type_name, "index": str(index)}) for index, element in enumerate(metric.value)]
+    attributes = {"datatype": type_name}
+    if metric.is_null:
+        attributes["quality"] = "null"
+    return [(name, _scalar(metric.value, name), attributes)]
 
 
 class SparkplugHost:
@@ -257,15 +328,20 @@ class SparkplugHost:
         self.client = make_client(self.address, f"{host_id}-sparkplug-host", clean_session=True, manual_ack=False,
                                   keepalive=keepalive)
         self.keepalive = keepalive
+        self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         self._state_timestamp = now_ms()
         self.client.will_set(self.state_topic, self._state_payload(False), qos=1, retain=True)
+        self._stopping = False
+        self.granted_qos: list[int] = []
         self.ever_subscribed = False
         self.subscribed = threading.Event()
         self.stats: dict[str, int] = {"messages": 0, "records": 0, "dead_letters": 0, "rebirths_requested": 0,
-                                      "delivery_failures": 0, "dropped": 0}
+                                      "delivery_failures": 0, "dropped": 0, "state_republished": 0,
+                                      "connections_lost": 0}
         self._retrying = 0
         self._lock = threading.Lock()
         self._m_received = pipeline.metrics.received.labels(self.name)
@@ -277,7 +353,16 @@ class SparkplugHost:
         self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive)
         self.client.loop_start()
 
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """QoS 1, so QoS 1 deaths (and births a node sends at QoS 1) stay QoS 1; the host's own STATE topic even
+        when only some groups are named, to answer a retained offline STATE on its own id."""
+        topics = [(f"{spb.NAMESPACE}/{group}/#", 1) for group in self.groups]
+        if not any(group in ("+", "STATE") for group in self.groups):
+            topics.append((self.state_topic, 1))
+        return topics
+
     def stop(self) -> None:
+        self._stopping = True  # our own offline STATE below must not be answered with an online one
         if self.client.is_connected():
             info = self.client.publish(self.state_topic, self._state_payload(False), qos=1, retain=True)
             info.wait_for_publish(3)
@@ -285,14 +370,31 @@ class SparkplugHost:
         self.client.loop_stop()
         event(log, "sparkplug_host_stopped", **self.stats)
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        # Sparkplug 3.0: the STATE timestamp is the time of this CONNECT, in the will and in the online STATE
+        # that follows it; paho sends the will set here with this (re)connect.
+        self._state_timestamp = now_ms()
+        client.will_set(self.state_topic, self._state_payload(False), qos=1, retain=True)
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             event(log, "sparkplug_connect_refused", level=30, reason=str(reason))
             return
-        topics = [(f"{spb.NAMESPACE}/{group}/#", 0) for group in self.groups]
-        client.subscribe(topics)
+        client.subscribe(self.subscriptions())
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self._stopping:
+            return
+        # The host cannot see deaths while away: every node's metrics are stale until it is born again.
+        self.stats["connections_lost"] += 1
+        result = self.state.connection_lost(now_ms(), self.host_id)
+        event(log, "sparkplug_host_connection_lost", level=30, reason=str(reason), stale=len(result.records))
+        if result.records:
+            self.stats["records"] += len(result.records)
+            self._submit(result.records, [])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self.granted_qos = [getattr(reason, "value", reason) for reason in reasons]
         # Sparkplug 3.0: STATE online (with the will's timestamp) once subscribed and ready for births.
         client.publish(self.state_topic, self._state_payload(True), qos=1, retain=True)
         self.subscribed.set()
@@ -308,6 +410,8 @@ class SparkplugHost:
     def _handle(self, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
         if topic.startswith(f"{spb.NAMESPACE}/STATE/"):
+            if topic == self.state_topic:
+                self._own_state(message.payload)
             return
         self.stats["messages"] += 1
         self._m_received.inc()
@@ -318,6 +422,19 @@ class SparkplugHost:
             self.stats["records"] += len(result.records)
             self.stats["dead_letters"] += len(result.dead_letters)
             self._submit(result.records, result.dead_letters)
+
+    def _own_state(self, payload: bytes) -> None:
+        """A STATE on our own host id saying offline (a retained will of an earlier session, or another client):
+        the spec says to publish online again at once."""
+        try:
+            online = json.loads(payload).get("online")
+        except (ValueError, AttributeError):
+            online = payload.strip().upper() == b"ONLINE"  # Sparkplug 2.2 plain text
+        if online is True or self._stopping:
+            return
+        self.stats["state_republished"] += 1
+        self.client.publish(self.state_topic, self._state_payload(True), qos=1, retain=True)
+        event(log, "sparkplug_state_republished", host_id=self.host_id)
 
     def _submit(self, records: list[Emit], dead_letters: list[DeadLetter]) -> None:
         def done(errors: list[str]) -> None:

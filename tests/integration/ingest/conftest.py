@@ -45,13 +45,14 @@ def pausable_kafka() -> Iterator[PausableBroker]:
 
 
 @pytest.fixture
-def ingest_settings(kafka_bootstrap: str) -> Callable[..., IngestSettings]:
-    """IngestSettings on the shared broker (or `kafka_bootstrap=` another), topics created under a fresh prefix."""
+def ingest_settings(kafka_bootstrap: str, tmp_path_factory) -> Callable[..., IngestSettings]:
+    """IngestSettings on the shared broker (or `kafka_bootstrap=` another), topics created under a fresh prefix,
+    the webhook spool in a fresh directory."""
 
     def make(**overrides: object) -> IngestSettings:
         values = {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
                   "kafka_session_timeout_ms": 6000, "http_port": 0, "instance_id": "ingest-test",
-                  "sparkplug_enabled": False, **overrides}
+                  "sparkplug_enabled": False, "webhook_spool_dir": tmp_path_factory.mktemp("spool"), **overrides}
         settings = IngestSettings.from_env(environ={}, **values)
         bootstrap_topics(admin_client(settings.kafka_bootstrap), load_catalog(settings.schemas_dir),
                          settings.topic_prefix)

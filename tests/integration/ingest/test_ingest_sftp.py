@@ -81,7 +81,7 @@ def test_every_row_arrives_once_files_move_to_done_and_bad_rows_are_dead_lettere
     (reports / "notes.txt").write_text("not a report")
     ledger = tmp_path / "ledger.jsonl"
     settings = ingest_settings(sftp_sources_file=sources_file(tmp_path, sftp_server.port), sftp_ledger=ledger,
-                               sftp_poll_interval_s=0.2)
+                               sftp_poll_interval_s=0.2, sftp_quiet_period_s=0.3)
     running = RunningService(IngestService(settings))
     try:
         assert wait_for(lambda: len(done_files(sftp_server)) == 6)
@@ -110,7 +110,7 @@ def test_growing_files_wait_and_a_kafka_outage_leaves_files_in_place(
     settings = ingest_settings(kafka_bootstrap=pausable_kafka.bootstrap)
     pipeline = IngestPipeline(settings, **{"message.timeout.ms": 1500, "request.timeout.ms": 1000})
     poller = SftpPoller(pipeline, load_sources(sources_file(tmp_path, sftp_server.port)), tmp_path / "ledger.jsonl",
-                        delivery_timeout_s=2.0, environ={"LINEGUARD_SFTP_PASSWORD": PASSWORD})
+                        delivery_timeout_s=2.0, environ={"LINEGUARD_SFTP_PASSWORD": PASSWORD}, quiet_period_s=0)
     reports = sftp_server.root / "reports"
     source = poller.sources[0]
 
@@ -152,6 +152,7 @@ def test_sigkill_and_restart_ingest_no_file_twice(ingest_settings, sftp_server, 
            "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix, "LINEGUARD_HTTP_PORT": "0",
            "LINEGUARD_SFTP_SOURCES_FILE": str(sources_file(tmp_path, sftp_server.port)),
            "LINEGUARD_SFTP_LEDGER": str(ledger), "LINEGUARD_SFTP_POLL_INTERVAL_S": "0.1",
+           "LINEGUARD_SFTP_QUIET_PERIOD_S": "0.2",
            "LINEGUARD_SFTP_PASSWORD": PASSWORD, "LINEGUARD_SPARKPLUG_ENABLED": "false", "LINEGUARD_LOG_LEVEL": "WARNING"}
     env.pop("LINEGUARD_MQTT_URL", None)
     first = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,
@@ -196,7 +197,7 @@ def test_a_crash_after_delivery_and_before_the_ledger_write_produces_nothing_twi
 
     async def run_until_killed() -> None:
         pipeline = IngestPipeline(settings)
-        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ)
+        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ, quiet_period_s=0)
         original = poller.ledger.put
 
         def put(entry: dict) -> None:
@@ -215,7 +216,7 @@ def test_a_crash_after_delivery_and_before_the_ledger_write_produces_nothing_twi
 
     async def restart() -> None:
         pipeline = IngestPipeline(settings)
-        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ)
+        poller = SftpPoller(pipeline, sources, ledger_path, environ=environ, quiet_period_s=0)
         try:
             assert await poller.poll(sources[0]) == 0  # seen, waits one interval
             assert await poller.poll(sources[0]) == 1

@@ -88,7 +88,7 @@ def test_everything_the_simulator_emits_arrives_once_with_its_source(ingest_sett
     settings = ingest_settings(mqtt_url=mosquitto_url, mqtt_client_id="ingest-e2e", sparkplug_enabled=True,
                                sparkplug_host_id="ingest-e2e", chirpstack_secret=SECRET, tts_secret=SECRET,
                                sftp_sources_file=tmp_path / "sources.yaml", sftp_ledger=tmp_path / "ledger.jsonl",
-                               sftp_poll_interval_s=0.2)
+                               sftp_poll_interval_s=0.2, sftp_quiet_period_s=0.3)
     monkeypatch.setenv("E2E_SFTP_PASSWORD", PASSWORD)
     running = RunningService(IngestService(settings))
     recorder = Recorder(mosquitto_url)
