@@ -163,8 +163,8 @@ def lake_writer_rate(rows: int, lake_dir: Path) -> float:
     normalizer = Normalizer(plant)
     raw = make_raw_set(plant, readings=rows, alarms=0, inspections=0, bad=0, step_ms=5)
     outputs = [normalizer.observation(r) for r in raw.telemetry]
-    records = [Record("raw.telemetry.v1", i % 6, i // 6, None, None, [], 0, None) for i in range(rows)]
-    lake = LakeWriter(LocalStore(lake_dir), lambda r: ("observations", outputs[r.offset * 6 + r.partition]),
+    records = [(Record("raw.telemetry.v1", i % 6, i // 6, None, None, [], 0, None), ()) for i in range(rows)]
+    lake = LakeWriter(LocalStore(lake_dir), lambda r, _: ("observations", outputs[r.offset * 6 + r.partition]),
                       max_rows=50_000, rotate_interval_ms=3_600_000, service="bench", background=True)
     started = time.perf_counter()
     for i in range(0, rows, BATCH):

@@ -2,9 +2,19 @@
 
 consume a batch -> decode (Avro) -> handler -> produce outputs -> wait for every delivery (outputs and dead
 letters) -> store offsets. Offsets are never stored before the output is acknowledged, so a crash replays at
-most the unfinished batch. A record that cannot be decoded or processed goes to `<topic>.dlq` with its original
-key and bytes and Kafka Connect style headers; the loop never stops on bad input. SIGTERM sets a flag: the loop
-finishes the batch, flushes, commits synchronously and closes the consumer (leaving the group at once).
+most the unfinished batch. Batches are pipelined: while Kafka acknowledges batch N the loop works on N+1, and
+offsets are stored strictly in batch order.
+
+Bad input: a record that cannot be decoded (`SerdeError`), or whose handler raises one of the exception types the
+service declares in `dead_letter_on`, goes to `<topic>.dlq` with its original key and bytes and Kafka Connect
+style headers (a dead letter too big for its topic is stored truncated, marked in its headers). Any other
+exception is a bug, not bad input: the batch is replayed `max_handler_attempts` times, then the loop stops with
+`failure` set (the service exits 1) instead of dead-lettering every record. A `DlqLimit` stops the loop the same
+way when dead letters look like a bad deploy (a long run of them, or most records of a window).
+
+One checkpoint (`_checkpoint`) for revoke, shutdown and idle, always in this order: sinks, state, producer,
+offsets. SIGTERM sets a flag: the loop finishes the batch, checkpoints, commits synchronously and closes the
+consumer (leaving the group at once). Plain confluent-kafka (librdkafka); no stream framework is involved.
 """
 
 from __future__ import annotations
@@ -15,8 +25,9 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from logging import CRITICAL, ERROR, WARNING
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -26,13 +37,16 @@ from lineguard.avro import AvroSerde, SerdeError
 from lineguard.catalog import DLQ_SUFFIX
 from lineguard.health import Health
 from lineguard.kafka.clients import new_consumer
-from lineguard.kafka.deadletters import error_headers
+from lineguard.kafka.deadletters import DLQ_TRUNCATED_HEADER, error_headers, truncated_dead_letter
+from lineguard.kafka.offsets import OffsetTracker
 from lineguard.kafka.producer import Producer
-from lineguard.kafka.records import Handler, Record, Sink
+from lineguard.kafka.records import Handler, Record, Sink, sink_takes_outputs
 from lineguard.logs import Throttle, event, get_logger, throttled_event
 from lineguard.settings import Settings
 
 log = get_logger("lineguard.kafka")
+
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE}
 
 
 @dataclass(slots=True)
@@ -46,6 +60,8 @@ class _Batch:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     consumed: dict[tuple[str, int], int] = field(default_factory=dict)
     produced: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    abandoned: bool = False  # the loop is stopping because of this batch: never store its offsets
 
 
 @dataclass
@@ -58,6 +74,17 @@ class LoopStats:
 
 
 @dataclass
+class DlqLimit:
+    """When dead letters mean a bad deploy, not bad input: stop the loop (the service exits 1) rather than send
+    everything to `.dlq`. Trips on `max_consecutive` dead letters with no good record between them, or on more
+    than `max_ratio` of the records of a window of `window` records."""
+
+    max_consecutive: int = 1000
+    max_ratio: float = 0.5
+    window: int = 10_000
+
+
+@dataclass
 class ConsumerLoop:
     """At-least-once consume-transform-produce loop with dead letters, backpressure and graceful shutdown."""
 
@@ -67,7 +94,7 @@ class ConsumerLoop:
     handler: Handler
     producer: Producer | None = None
     serde: AvroSerde | None = None
-    sink: Sink | None = None
+    sink: Sink | None = None  # a buffering output (the data lake): gets (record, outputs) pairs
     decode: bool = True
     batch_size: int = 1000
     batch_timeout_s: float = 0.2
@@ -80,17 +107,32 @@ class ConsumerLoop:
     # The exceptions that mean "bad input": those records are dead-lettered (SerdeError always is). Any other
     # exception from the handler is a bug: the batch is retried, then the loop stops with `failure` set.
     dead_letter_on: tuple[type[BaseException], ...] = ()
+    dlq_limit: DlqLimit | None = field(default_factory=DlqLimit)
+    max_handler_attempts: int = 3
+    retry_backoff_s: float = 0.5
+    state: Sink | None = None  # a state owner (changelog): flushed after the sinks, before the producer
 
     def __post_init__(self) -> None:
-        self.producer = self.producer or Producer(self.settings, self.serde)
-        self.serde = self.serde or self.producer.serde
-        self.health = self.health or Health(self.settings.service_name, self.settings.liveness_timeout_s)
+        if self.producer is None:  # (not `or`: an idle Producer has len() 0, so it is falsy)
+            self.producer = Producer(self.settings, self.serde)
+        if self.serde is None:
+            self.serde = self.producer.serde
+        if self.health is None:
+            self.health = Health(self.settings.service_name, self.settings.liveness_timeout_s)
         self._stopping = threading.Event()
         self.failure: str | None = None  # why the loop stopped by itself (None: it was asked to stop)
         self._pending: deque[_Batch] = deque()
-        self._done_offsets: dict[tuple[str, int], int] = {}  # next offset after the last acknowledged batch
+        self.offsets = OffsetTracker()
         self._prefix = self.settings.topic_prefix
-        self._assigned: set[tuple[str, int]] = set()
+        self._dead_letter_types: tuple[type[BaseException], ...] = (SerdeError, *self.dead_letter_on)
+        self._participants: list[Any] = [p for p in (self.sink, self.state) if p is not None]
+        self._sink_pairs = sink_takes_outputs(self.sink)
+        self._bug_attempts: dict[tuple[str, int, int], int] = {}
+        self._dlq_run = 0  # dead letters since the last good record
+        self._dlq_good_mark = 0
+        self._window_records = 0
+        self._window_dead = 0
+        self._start_offsets: dict[tuple[str, int], int] = {}
         service = self.settings.service_name
         self._m_consumed = telemetry.counter(service, "messages_consumed", "Records consumed.", ["topic"])
         self._m_dlq = telemetry.counter(service, "dead_letters", "Records sent to a dead-letter topic.",
@@ -105,8 +147,6 @@ class ConsumerLoop:
         self._m_uncommitted = telemetry.gauge(
             service, "uncommitted_records", "Records consumed whose offsets are not stored for commit yet: outputs "
             "in flight, or rows a sink (the data lake) has not made durable.", ["topic", "partition"])
-        self._consumed_next: dict[tuple[str, int], int] = {}  # next offset after the last record consumed
-        self._stored_next: dict[tuple[str, int], int] = {}  # the offset last stored for commit
         self._lag_reported_at = 0.0
         self._dlq_log_throttle = Throttle()  # per topic, stage and error class; the DLQ metric counts them all
         if self.consumer is None:
@@ -115,7 +155,7 @@ class ConsumerLoop:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def stop(self, *_: Any) -> None:
-        """Ask the loop to finish its batch and shut down (safe from a signal handler)."""
+        """Ask the loop to finish its batch and shut down (safe from a signal handler and any thread)."""
         self._stopping.set()
 
     @property
@@ -123,38 +163,50 @@ class ConsumerLoop:
         return self._stopping.is_set()
 
     def install_signal_handlers(self) -> None:
+        """For a process whose main thread runs the loop itself; services started by lineguard.service get
+        their signals handled there."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
+    def _fail(self, reason: str) -> None:
+        """Stop the loop because of a bug or a bad deploy; the service exits 1 with this reason."""
+        if self.failure is None:
+            self.failure = reason
+            event(log, "consumer_loop_failed", level=CRITICAL, group=self.group_id, reason=reason)
+        self._stopping.set()
+
+    def _logical(self, partitions: Sequence[TopicPartition]) -> list[tuple[str, int]]:
+        n = len(self._prefix)
+        return [(p.topic[n:], p.partition) for p in partitions]
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.offsets.assign((p.topic, p.partition) for p in partitions)
+        for participant in self._participants:
+            hook = getattr(participant, "on_assign", None)
+            if hook is not None:
+                hook(self._logical(partitions))
         self.health.set_ready(True)
         event(log, "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish what is in flight, make buffered output durable and commit, so the next owner does not redo it.
-        self.producer.flush(self.flush_timeout_s)
-        self._complete()
-        if self.sink is not None:
-            self.sink.flush()
-            self._store_held_offsets()
-        with contextlib.suppress(KafkaException):  # nothing stored yet
-            consumer.commit(asynchronous=False)
-        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        self._checkpoint(final=True)
+        for participant in self._participants:
+            hook = getattr(participant, "on_revoke", None)
+            if hook is not None:
+                hook(self._logical(partitions))
+        self.offsets.revoke((p.topic, p.partition) for p in partitions)
         for p in partitions:
-            tp = (p.topic, p.partition)
-            self._done_offsets.pop(tp, None)
-            self._consumed_next.pop(tp, None)
-            self._stored_next.pop(tp, None)
+            self._start_offsets.pop((p.topic, p.partition), None)
             for gauge in (self._m_lag, self._m_uncommitted):
                 with contextlib.suppress(KeyError):
                     gauge.remove(p.topic[len(self._prefix):], str(p.partition))
-        if not self._assigned:
+        if not self.offsets.assigned:
             self.health.set_ready(False, "no partitions assigned")
         event(log, "partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def run(self) -> LoopStats:
-        """Run until stop(); then finish, flush, commit and close."""
+        """Run until stop() (or a failure, see `failure`); then checkpoint, commit and close."""
         full_topics = [self._prefix + t for t in self.topics]
         self.consumer.subscribe(full_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
@@ -167,12 +219,12 @@ class ConsumerLoop:
                 if messages:
                     self._process_batch(messages)
                 else:
-                    self.producer.poll(0)
-                    self._complete()
-                    if self.sink is not None:
-                        self._store_held_offsets()
+                    self._checkpoint(final=False)
                 if time.monotonic() - self._lag_reported_at >= 1.0:
                     self._report_lag()
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self._shutdown()
         return self.stats
@@ -180,22 +232,59 @@ class ConsumerLoop:
     def _shutdown(self) -> None:
         event(log, "consumer_stopping", group=self.group_id, **self.stats.__dict__)
         try:
-            if self.sink is not None:
-                self.sink.flush()
-                self._store_held_offsets()
-            remaining = self.producer.flush(self.flush_timeout_s)
-            if remaining:
-                event(log, "shutdown_with_undelivered_records", level=40, remaining=remaining)
-            self._complete()
-            try:
-                self.consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._NO_OFFSET:
-                    event(log, "final_commit_failed", level=30, error=str(exc))
+            self._checkpoint(final=True)
+        except Exception as exc:  # noqa: BLE001 - still close the consumer: leave the group at once
+            event(log, "final_checkpoint_failed", level=ERROR, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.consumer.close()
             self.health.set_ready(False, "stopped")
             event(log, "consumer_stopped", group=self.group_id)
+
+    # --- the checkpoint -------------------------------------------------------------------------------------
+
+    def _checkpoint(self, final: bool) -> None:
+        """The one commit path, in this order (as quix-streams' Checkpoint.commit):
+
+        1. sinks make what they buffer durable (`flush`);
+        2. state owners write their state (`flush`: the changelog is produced);
+        3. the producer delivers everything queued (outputs, dead letters, changelog); batches whose outputs are
+           all acknowledged complete, a batch with a failed output is rewound;
+        4. offsets: what is acknowledged, capped by what a sink or state still holds, is stored, then committed.
+
+        `final` (partitions revoked, shutdown) forces every step and commits synchronously. On an idle poll
+        (`final=False`) nothing is forced: the producer serves its reports, durable offsets are stored, and
+        auto-commit sends them within a second.
+        """
+        if final:
+            for participant in self._participants:
+                participant.flush()
+            remaining = self.producer.flush(self.flush_timeout_s)
+            if remaining:
+                event(log, "checkpoint_with_undelivered_records", level=ERROR, remaining=remaining)
+        else:
+            self.producer.poll(0)
+        self._complete()
+        if self._participants:
+            self._store_done()
+        if final:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._NO_OFFSET:
+                    event(log, "commit_failed", level=WARNING, error=str(exc))
+
+    def _held(self) -> dict[tuple[str, int], int]:
+        """What the sink and the state still hold, keyed by full topic."""
+        if not self._participants:
+            return {}
+        prefix = self._prefix
+        held: dict[tuple[str, int], int] = {}
+        for participant in self._participants:
+            for (topic, partition), offset in participant.held_offsets().items():
+                key = (prefix + topic, partition)
+                if offset < held.get(key, offset + 1):
+                    held[key] = offset
+        return held
 
     # --- the batch ------------------------------------------------------------------------------------------
 
@@ -219,7 +308,7 @@ class ConsumerLoop:
         consumed = batch.consumed
         batch_span = None
         batch_trace: bytes | None = None
-        processed: list[Record] = []
+        processed: list[tuple[Record, Any]] = []
         produce_encoded = self.producer.produce_encoded
         encode = self.producer.serde.encode
         prefix = self._prefix
@@ -227,11 +316,14 @@ class ConsumerLoop:
         decode = self.decode
         serde = self.serde
         handler = self.handler
+        dead_letter_types = self._dead_letter_types
+        self._dlq_good_mark = 0
+        bug: tuple[Message, BaseException] | None = None
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
-                    event(log, "consume_error", level=30, error=err.str())
+                    event(log, "consume_error", level=WARNING, error=err.str())
                 continue
             full_topic = msg.topic()
             tp = (full_topic, msg.partition())
@@ -246,8 +338,7 @@ class ConsumerLoop:
             try:
                 value = serde.decode(topic, raw) if decode else raw
             except SerdeError as exc:
-                self._dead_letter(msg, topic, "deserialize", exc, on_delivery)
-                batch.outstanding += 1
+                self._dead_letter(batch, msg, topic, "deserialize", exc, on_delivery, len(processed))
                 continue
             record = Record(topic, tp[1], offset, msg.key(), value, headers, msg.timestamp()[1], raw)
             try:
@@ -274,21 +365,36 @@ class ConsumerLoop:
                                         out_headers, on_delivery)
                         batch.outstanding += 1  # after produce(): only a queued record gets a report
                         produced[out.topic] = produced.get(out.topic, 0) + 1
-            except Exception as exc:  # noqa: BLE001 - any handler failure dead-letters this record only
-                self._dead_letter(msg, topic, "process", exc, on_delivery)
-                batch.outstanding += 1
+            except dead_letter_types as exc:  # bad input, as the service declared: this record only
+                self._dead_letter(batch, msg, topic, "process", exc, on_delivery, len(processed))
                 continue
-            processed.append(record)
+            except Exception as exc:  # noqa: BLE001 - a bug: replay the batch, then stop (see _handler_bug)
+                bug = (msg, exc)
+                break
+            processed.append((record, outputs))
         if batch_span is not None:
             batch_span.end()
-        for tp, first in first_offsets.items():
-            self._stored_next.setdefault(tp, first)  # nothing stored yet: the group's position when we started
-        self._consumed_next.update(next_offsets)
+        self.offsets.consumed(first_offsets, next_offsets)
         self.stats.consumed += len(messages)
         self.stats.batches += 1
-        if processed and self.sink is not None:
+        if bug is not None:
+            self._handler_bug(batch, *bug)
+            return
+        limit = self.dlq_limit
+        if limit is not None:
+            self._window_records += len(messages)
+            self._window_dead += batch.dead_letters
+            if self._dlq_run and len(processed) != self._dlq_good_mark:
+                self._dlq_run = 0  # good records after the last dead letter
+            if self._dlq_run >= limit.max_consecutive or self._window_records >= limit.window:
+                self._check_dlq_limit(batch, limit)
+        if self.sink is not None and not batch.abandoned:
             try:
-                self.sink.write(processed)
+                if processed:
+                    self.sink.write(processed if self._sink_pairs else [record for record, _ in processed])
+                on_batch_done = getattr(self.sink, "on_batch_done", None)
+                if on_batch_done is not None:
+                    on_batch_done()
             except Exception as exc:  # noqa: BLE001 - rewind and retry the batch, never skip it
                 batch.failures.append(f"sink: {type(exc).__name__}: {exc}")
         self._pending.append(batch)
@@ -297,11 +403,54 @@ class ConsumerLoop:
         if len(self._pending) >= self.max_pending_batches:
             self._wait_for_oldest()
 
+    def _handler_bug(self, batch: _Batch, msg: Message, exc: BaseException) -> None:
+        """The handler raised an exception the service did not declare as bad input: a bug. Replay the batch
+        (a transient failure passes), and after `max_handler_attempts` stop the loop without committing it."""
+        key = (msg.topic(), msg.partition(), msg.offset())
+        attempts = self._bug_attempts[key] = self._bug_attempts.get(key, 0) + 1
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        stack = "".join(traceback.format_exception(exc, limit=8))
+        event(log, "handler_failed", level=ERROR, record=where, attempt=attempts, of=self.max_handler_attempts,
+              error=f"{type(exc).__name__}: {exc}"[:500], stacktrace=stack[-4000:],
+              hint="not a declared bad-input error (dead_letter_on): treated as a bug, not dead-lettered")
+        if attempts >= self.max_handler_attempts:
+            batch.abandoned = True
+            self._fail(f"the handler raised {type(exc).__name__}: {str(exc)[:300]} on {where} "
+                       f"{attempts} times; it is not declared as bad input (dead_letter_on), so the record is "
+                       f"not dead-lettered and its offset not committed")
+        else:
+            batch.failures.append(f"handler: {type(exc).__name__}: {exc}")
+        self._pending.append(batch)
+        # Settle now: earlier batches complete (their offsets stored), this one is rewound (or abandoned).
+        self.producer.flush(self.flush_timeout_s)
+        self._complete()
+        if batch.abandoned:
+            return
+        if len(self._bug_attempts) > 10_000:
+            self._bug_attempts.clear()
+
+    def _check_dlq_limit(self, batch: _Batch, limit: DlqLimit) -> None:
+        reason = None
+        if self._dlq_run >= limit.max_consecutive:
+            reason = f"{self._dlq_run} dead letters in a row (DlqLimit.max_consecutive={limit.max_consecutive})"
+        elif self._window_records >= limit.window:
+            if self._window_dead > limit.max_ratio * self._window_records:
+                reason = (f"{self._window_dead} of the last {self._window_records} records dead-lettered "
+                          f"(DlqLimit.max_ratio={limit.max_ratio})")
+            self._window_records = self._window_dead = 0
+        if reason is not None:
+            batch.abandoned = True
+            self._fail(f"{reason}: this looks like a bad deploy or a broken producer, not bad input; stopping "
+                       f"before everything goes to .dlq (this batch is not committed)")
+
     def _complete(self) -> None:
         """Store the offsets of every leading batch whose outputs are all acknowledged; rewind on a failure."""
         prefix_len = len(self._prefix)
         while self._pending and self._pending[0].outstanding <= 0:
             batch = self._pending.popleft()
+            if batch.abandoned:
+                self._pending.clear()  # stopping: nothing from here on is committed
+                return
             if batch.failures:
                 self._rewind(batch)
                 return
@@ -310,8 +459,8 @@ class ConsumerLoop:
             for topic, count in batch.produced.items():
                 self.producer.count_delivered(topic, count)
                 self.stats.produced += count
-            self._store(batch.next_offsets)
-            self._done_offsets.update(batch.next_offsets)
+            self._store(self.offsets.targets(batch.next_offsets, self._held()))
+            self.offsets.done(batch.next_offsets)
             self._m_batch.observe(time.perf_counter() - batch.started)
 
     def _wait_for_oldest(self) -> None:
@@ -325,64 +474,73 @@ class ConsumerLoop:
             self._drain_paused()
         self._complete()
 
-    def _store(self, next_offsets: dict[tuple[str, int], int]) -> None:
-        held = self.sink.held_offsets() if self.sink is not None else {}
-        prefix = self._prefix
-        offsets = []
-        for (full_topic, partition), nxt in next_offsets.items():
-            hold = held.get((full_topic[len(prefix):], partition))
-            target = nxt if hold is None else min(nxt, hold)
-            if (full_topic, partition) in self._assigned or not self._assigned:
-                offsets.append(TopicPartition(full_topic, partition, target))
-        if offsets:
-            try:
-                self.consumer.store_offsets(offsets=offsets)
-            except KafkaException as exc:
-                # Partition revoked meanwhile: its next owner replays the records (at-least-once).
-                event(log, "store_offsets_failed", level=30, error=str(exc))
-                return
-            self._note_stored(offsets)
+    def _store(self, targets: list[tuple[tuple[str, int], int]]) -> None:
+        if not targets:
+            return
+        try:
+            self.consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in targets])
+        except KafkaException as exc:
+            # Partition revoked meanwhile: its next owner replays the records (at-least-once).
+            event(log, "store_offsets_failed", level=WARNING, error=str(exc))
+            return
+        self.offsets.stored(targets)
 
-    def _store_held_offsets(self) -> None:
+    def _store_done(self) -> None:
         """After a sink wrote buffered rows, move the stored offsets forward to what is now durable (never past a
         batch whose outputs are still in flight)."""
-        if self.sink is None or not self._done_offsets:
-            return
-        held = self.sink.held_offsets()
-        prefix = self._prefix
-        offsets = []
-        for (full_topic, partition), done in self._done_offsets.items():
-            if self._assigned and (full_topic, partition) not in self._assigned:
-                continue
-            hold = held.get((full_topic[len(prefix):], partition))
-            offsets.append(TopicPartition(full_topic, partition, done if hold is None else min(done, hold)))
-        if offsets:
-            with contextlib.suppress(KafkaException):
-                self.consumer.store_offsets(offsets=offsets)
-                self._note_stored(offsets)
+        if self.offsets.done_next:
+            self._store(self.offsets.done_targets(self._held()))
 
-    def _note_stored(self, offsets: list[TopicPartition]) -> None:
-        stored = self._stored_next
-        for tp in offsets:
+    # --- lag ------------------------------------------------------------------------------------------------
+
+    def partition_lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition (logical topic, partition): records not consumed yet, from the high watermark
+        of the last fetch (asked of the broker when unknown) and the next offset to consume (before a
+        partition's first record: the committed offset, else the low watermark). Call it from the loop's thread
+        (a handler or a sink); raises KafkaException when the broker cannot tell (treat that as lagging)."""
+        consumer = self.consumer
+        positions = self.offsets.consumed_next
+        prefix_len = len(self._prefix)
+        out: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
             key = (tp.topic, tp.partition)
-            if tp.offset > stored.get(key, -1):
-                stored[key] = tp.offset
+            next_offset = positions.get(key)
+            if next_offset is None:
+                next_offset = self._start_offsets.get(key)
+            if next_offset is None:
+                committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=5)[0].offset
+                if committed >= 0:
+                    next_offset = committed
+                else:
+                    # The low watermark from the last fetch; asking the broker (ListOffsets) is a round trip per
+                    # partition, which took ~0.5 s each on Tansu and stalled a loop at start-up.
+                    low, _ = consumer.get_watermark_offsets(tp, cached=True)
+                    if low is None or low < 0:
+                        low, _ = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                    next_offset = low
+                self._start_offsets[key] = next_offset
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high is None or high < 0:
+                _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            out[(tp.topic[prefix_len:], tp.partition)] = max(0, high - next_offset)
+        return out
 
     def _report_lag(self) -> None:
         """Per assigned partition: consumer lag (high watermark from the last fetch minus position) and records
         consumed but not yet stored for commit. Once a second, from the loop's thread."""
         self._lag_reported_at = time.monotonic()
         prefix_len = len(self._prefix)
-        for (full_topic, partition), position in list(self._consumed_next.items()):
+        for (full_topic, partition), position in self.offsets.positions().items():
             labels = (full_topic[prefix_len:], str(partition))
-            stored = self._stored_next.get((full_topic, partition), position)
-            self._m_uncommitted.labels(*labels).set(max(0, position - stored))
+            self._m_uncommitted.labels(*labels).set(self.offsets.uncommitted((full_topic, partition)))
             try:
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(full_topic, partition), cached=True)
             except (KafkaException, RuntimeError):
                 continue
             if high is not None and high >= 0:
                 self._m_lag.labels(*labels).set(max(0, high - position))
+
+    # --- failures -------------------------------------------------------------------------------------------
 
     def _drain_paused(self) -> int:
         """Kafka is slow to acknowledge: stop fetching (pause) until the outputs are delivered, then resume."""
@@ -399,34 +557,62 @@ class ConsumerLoop:
         return len(self.producer)
 
     def _rewind(self, failed: _Batch) -> None:
-        """An output was not acknowledged: seek back to the failed batch and process it (and every later one in
-        flight) again; nothing is skipped, some outputs may repeat (at-least-once)."""
-        targets = dict(failed.first_offsets)
-        for later in self._pending:
-            for tp, offset in later.first_offsets.items():
-                targets[tp] = min(offset, targets.get(tp, offset))
+        """An output was not acknowledged (or the handler failed): seek back to the failed batch and process it
+        (and every later one in flight) again; nothing is skipped, some outputs may repeat (at-least-once)."""
+        targets = OffsetTracker.rewind_targets([failed.first_offsets, *(b.first_offsets for b in self._pending)])
         self._pending.clear()
         self.stats.redelivered_batches += 1
         self._m_redeliver.inc()
-        event(log, "batch_not_acknowledged_retrying", level=30, failures=failed.failures[:5],
+        event(log, "batch_not_acknowledged_retrying", level=WARNING, failures=failed.failures[:5],
               partitions=len(targets))
         for (full_topic, partition), offset in targets.items():
             try:
                 self.consumer.seek(TopicPartition(full_topic, partition, offset))
             except KafkaException as exc:
-                event(log, "seek_failed", level=30, error=str(exc))
-        time.sleep(0.5)
+                event(log, "seek_failed", level=WARNING, error=str(exc))
+        if self.retry_backoff_s:
+            time.sleep(self.retry_backoff_s)
 
-    def _dead_letter(self, msg: Message, topic: str, stage: str, exc: BaseException,
-                     on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+    def _dead_letter(self, batch: _Batch, msg: Message, topic: str, stage: str, exc: BaseException,
+                     on_delivery: Callable[[KafkaError | None, Message], None], good_so_far: int) -> None:
+        # A run of dead letters with no good record between them (for the DlqLimit).
+        if good_so_far != self._dlq_good_mark:
+            self._dlq_run = 0
+        self._dlq_good_mark = good_so_far
+        self._dlq_run += 1
+        batch.dead_letters += 1
         headers = list(msg.headers() or []) + error_headers(
             topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), stage=stage,
             error_class=type(exc).__name__, message=str(exc), service=self.settings.service_name,
             group=self.group_id, stacktrace="".join(traceback.format_exception(exc, limit=5)))
-        self.producer.produce(topic + DLQ_SUFFIX, msg.key(), msg.value(), headers, on_delivery=on_delivery,
-                              trace=False)
+        dlq = topic + DLQ_SUFFIX
+        key, value = msg.key(), msg.value()
+
+        def produce_truncated(reason: str) -> None:
+            t_key, t_value, t_headers = truncated_dead_letter(key, value, headers, reason)
+            self.producer.produce(dlq, t_key, t_value, t_headers, on_delivery=on_delivery, trace=False)
+            batch.outstanding += 1
+            event(log, "dead_letter_truncated", level=WARNING, topic=msg.topic(), partition=msg.partition(),
+                  offset=msg.offset(), original_bytes=len(value or b""), kept_bytes=len(t_value or b""))
+
+        def on_dlq_delivery(err: KafkaError | None, report: Message) -> None:
+            # The broker refused it as too large for the DLQ topic: store it truncated instead (once).
+            if err is not None and err.code() in _TOO_LARGE and \
+                    not any(k == DLQ_TRUNCATED_HEADER for k, _ in report.headers() or ()):
+                batch.outstanding -= 1
+                produce_truncated(f"broker: {err.str()}")
+                return
+            on_delivery(err, report)
+
+        try:
+            self.producer.produce(dlq, key, value, headers, on_delivery=on_dlq_delivery, trace=False)
+            batch.outstanding += 1
+        except KafkaException as produce_error:
+            if produce_error.args[0].code() not in _TOO_LARGE:
+                raise
+            produce_truncated(f"producer: {produce_error.args[0].str()}")
         self.stats.dead_lettered += 1
         self._m_dlq.labels(topic, stage).inc()
         throttled_event(log, self._dlq_log_throttle, (topic, stage, type(exc).__name__), "dead_lettered",
-                        level=30, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), stage=stage,
-                        error=f"{type(exc).__name__}: {exc}"[:500])
+                        level=WARNING, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                        stage=stage, error=f"{type(exc).__name__}: {exc}"[:500])

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from lineguard.logs import event, get_logger
-from lineguard.service import start_service, tune_gc
+from lineguard.service import Runtime, Service, StartupError, run_service
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 
 
-def main() -> int:
-    settings = start_service(IngestSettings)
+def build(rt: Runtime[IngestSettings]) -> Service:
     sys.setswitchinterval(0.001)  # delivery callbacks wait less for the GIL behind the MQTT thread
-    log = get_logger("services.ingest")
     try:
-        service = IngestService(settings)
+        service = IngestService(rt.settings, runtime=rt)
     except (OSError, ValueError) as exc:  # e.g. an unreadable rules or sources file
-        event(log, "ingest_failed_to_start", level=50, error=str(exc))
-        return 2
-    tune_gc()
-    asyncio.run(service.run(install_signals=True))
-    return 0
+        raise StartupError(str(exc)) from exc
+    return service.as_service()
+
+
+def main() -> None:
+    run_service(IngestSettings, build)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

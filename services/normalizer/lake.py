@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lineguard import telemetry
-from lineguard.kafka import Record
+from lineguard.kafka import Handled, Output, Record, Sink
 from lineguard.logs import event, get_logger
 
 log = get_logger(__name__)
@@ -247,10 +247,11 @@ class _Segment:
     files: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
 
 
-RowSource = Callable[[Record], tuple[str, dict] | None]
+# (record, its outputs) -> (table, row), or None for a record that makes no row.
+RowSource = Callable[[Record, Sequence[Output]], tuple[str, dict] | None]
 
 
-class LakeWriter:
+class LakeWriter(Sink):
     """Buffers rows per input partition in segments and writes each closed segment as Parquet objects.
 
     With `background=True` a closed segment is encoded and stored by a writer thread while the loop goes on
@@ -295,12 +296,12 @@ class LakeWriter:
 
     # --- Sink -------------------------------------------------------------------------------------------------
 
-    def write(self, records: list[Record]) -> None:
+    def write(self, batch: list[Handled]) -> None:
         rows = self.rows
         segments = self._segments
         interval = self.rotate_interval_ms
-        for record in records:
-            found = rows(record)
+        for record, outputs in batch:
+            found = rows(record, outputs)
             tp = (record.topic, record.partition)
             offset = record.offset
             closed = self._closed.get(tp)

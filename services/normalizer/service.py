@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 from confluent_kafka import KafkaException
@@ -14,11 +14,11 @@ from prometheus_client.core import CounterMetricFamily
 
 from lineguard import telemetry
 from lineguard.avro import AvroSerde
-from lineguard.health import BackgroundHttpServer, Health, create_app
-from lineguard.kafka import ConsumerLoop, Output, Record, read_topic
+from lineguard.health import Health, create_app
+from lineguard.kafka import Output, Record, read_topic
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModelError, load_plant
-from lineguard.service import start_service, tune_gc
+from lineguard.service import Runtime, Service, StartupError, run_service
 from services.normalizer.api import AssetGraphApi
 from services.normalizer.lake import LakeWriter, S3Store, open_store
 from services.normalizer.mapping import ALARMS, RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
@@ -30,7 +30,8 @@ INPUT_TOPICS = [RAW_TELEMETRY, RAW_ALARMS, RAW_INSPECTIONS]
 
 
 class Pipeline:
-    """The loop's handler: normalize one raw record, count it, and keep its row for the lake sink.
+    """The loop's handler: normalize one raw record and count it. The lake sink gets each handled record with its
+    outputs from the loop (`lake_row` turns them into a row), so nothing is kept here between the two.
 
     Counting costs one integer addition per record; the counters reach Prometheus at scrape time (a collector),
     not through a metric call per record on the hot path."""
@@ -38,7 +39,6 @@ class Pipeline:
     def __init__(self, normalizer: Normalizer, service: str = "normalizer", lake: bool = True) -> None:
         self.normalizer = normalizer
         self.lake = lake
-        self._rows: dict[tuple[str, int, int], tuple[str, dict]] = {}
         self.records_in: dict[str, int] = {kind: 0 for kind, _ in ROUTES.values()}
         self.records_out: dict[str, int] = {kind: 0 for kind, _ in ROUTES.values()}
         self.rejected: dict[tuple[str, str], int] = {}
@@ -62,13 +62,14 @@ class Pipeline:
             self.rejected[key] = self.rejected.get(key, 0) + 1
             raise
         self.records_out[kind] += len(outputs)
-        if self.lake:
-            self._rows[(topic, record.partition, record.offset)] = (kind, outputs[0].value)  # type: ignore[assignment]
         return outputs
 
-    def lake_row(self, record: Record) -> tuple[str, dict] | None:
-        """The lake row of a handled record (handed over once)."""
-        return self._rows.pop((record.topic, record.partition, record.offset), None)
+    def lake_row(self, record: Record, outputs: Sequence[Output]) -> tuple[str, dict] | None:
+        """The lake row of a handled record: (table, its unified record), from the outputs the loop hands the
+        sink with the record."""
+        if not outputs or not self.lake:
+            return None
+        return self._kind.get(record.topic, "unknown"), outputs[0].value  # type: ignore[return-value]
 
 
 class _PipelineCollector:
@@ -135,13 +136,14 @@ def build_app(health: Health, api: AssetGraphApi) -> web.Application:
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = start_service(NormalizerSettings)
+def build(rt: Runtime[NormalizerSettings]) -> Service:
+    """The normalizer for lineguard.service: the loop over the raw topics with the lake sink, the asset graph
+    API on the same port, and the alarm state restored before the first record."""
+    settings = rt.settings
     try:
         plant = load_plant(settings.plant_path())
     except PlantModelError as exc:
-        event(log, "plant_model_invalid", level=logging.ERROR, error=str(exc))
-        return 2
+        raise StartupError(f"plant model invalid: {exc}") from exc
     normalizer = Normalizer(plant, stale_after_ms=int(settings.stale_after_s * 1000),
                             max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
                             max_clock_rate=settings.max_clock_rate)
@@ -153,42 +155,38 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 store.check()
             except Exception as exc:  # noqa: BLE001 - any S3 failure at start-up is a configuration problem
-                event(log, "lake_unreachable", level=logging.ERROR, lake=store.describe(), error=str(exc))
-                return 2
+                raise StartupError(f"lake unreachable: {store.describe()}: {exc}") from exc
         sink = LakeWriter(store, pipeline.lake_row, topic_prefix=settings.topic_prefix,
                           max_rows=settings.lake_max_rows,
                           rotate_interval_ms=int(settings.lake_rotate_interval_s * 1000),
                           compression=settings.lake_compression, service=settings.service_name,
                           background=settings.lake_background)
-    health = Health(settings.service_name, settings.liveness_timeout_s)
-    loop = ConsumerLoop(settings, settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink,
-                        batch_size=settings.batch_size, health=health)
+    # Bad input is what the mapping rejects (NormalizeError, unit and alarm-action errors: all ValueErrors);
+    # anything else from the handler is a bug that stops the service rather than dead-lettering every record.
+    loop = rt.consumer_loop(settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink,
+                            batch_size=settings.batch_size, dead_letter_on=(ValueError,))
     api = AssetGraphApi(normalizer, token=settings.normalizer_api_token, lake=sink.store if sink else None)
-    server = BackgroundHttpServer(lambda: build_app(health, api), settings.http_host, settings.http_port)
-    try:
-        server.start()
-    except (RuntimeError, TimeoutError) as exc:  # the port is taken, or the address is wrong
-        event(log, "http_server_failed", level=logging.ERROR, error=str(exc))
-        loop.consumer.close()
-        return 2
-    loop.install_signal_handlers()
-    # State first (readiness waits for it): the alarm state this service published before it stopped.
-    health.set_ready(False, "restoring alarm state from line.alarms.v1")
-    started = time.monotonic()
-    try:
-        restored = normalizer.alarms.restore(read_published_alarms(settings, loop.serde))  # type: ignore[arg-type]
-    except (KafkaException, TimeoutError) as exc:
-        event(log, "alarm_state_not_restored", level=logging.WARNING, error=str(exc))
-        restored = 0
-    event(log, "alarm_state_restored", records=restored, active=normalizer.alarms.active_count(),
-          seconds=round(time.monotonic() - started, 3))
-    tune_gc()
-    event(log, "normalizer_started", http_port=server.port, plant=plant.source,
-          lake=sink.store.describe() if sink else None, settings=settings.redacted())
-    try:
-        stats = loop.run()
-    finally:
-        server.stop()
-    event(log, "normalizer_stopped", **stats.__dict__,
-          lake_objects=sink.objects_written if sink else 0, lake_rows=sink.rows_written if sink else 0)
-    return 0
+
+    def restore() -> None:
+        # State first (readiness waits for it): the alarm state this service published before it stopped.
+        rt.health.set_ready(False, "restoring alarm state from line.alarms.v1")
+        started = time.monotonic()
+        try:
+            restored = normalizer.alarms.restore(read_published_alarms(settings, loop.serde))  # type: ignore[arg-type]
+        except (KafkaException, TimeoutError) as exc:
+            event(log, "alarm_state_not_restored", level=logging.WARNING, error=str(exc))
+            restored = 0
+        event(log, "alarm_state_restored", records=restored, active=normalizer.alarms.active_count(),
+              seconds=round(time.monotonic() - started, 3))
+        event(log, "normalizer_started", http_port=rt.port, plant=plant.source,
+              lake=sink.store.describe() if sink else None)
+
+    def stopped() -> None:
+        event(log, "normalizer_stopped", **loop.stats.__dict__,
+              lake_objects=sink.objects_written if sink else 0, lake_rows=sink.rows_written if sink else 0)
+
+    return Service(loop=loop, routes=api.add_routes, restore=restore, on_stop=stopped)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_service(NormalizerSettings, build)

@@ -115,7 +115,7 @@ def test_handler_exception_dead_letters_only_that_record(make_settings, create_t
             raise ValueError("reading r7 is impossible")
         return to_observation(record)
 
-    loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], picky)
+    loop = ConsumerLoop(settings, f"g-{uuid.uuid4()}", ["raw.telemetry.v1"], picky, dead_letter_on=(ValueError,))
     run_until_consumed(loop, 20, timeout=30)
     assert len(read_all(settings, "line.observations.v1", expect=19)) == 19
     dead = read_all(settings, "raw.telemetry.v1.dlq", expect=1)

@@ -34,11 +34,16 @@ def make_records(partition: int, count: int, start_at: int = T0, step_ms: int = 
             for i in range(count)]
 
 
-def row_source(record: Record) -> tuple[str, dict]:
+def row_source(record: Record, outputs=()) -> tuple[str, dict]:
     """Deterministic rows from records (the normalizer's outputs play this part in the service)."""
     value = record.value
     line = "line1" if value["i"] % 3 else "line2"
     return "observations", obs_row(record.partition * 1_000_000 + record.offset, value["at"], line)
+
+
+def handled(records: list[Record]) -> list[tuple[Record, list]]:
+    """Records as the loop hands them to a sink: each with its outputs (none needed here: see row_source)."""
+    return [(record, []) for record in records]
 
 
 def writer(store, **kw) -> LakeWriter:
@@ -57,7 +62,7 @@ def lake_rows(root: Path) -> list[tuple[str, int, int]]:
 
 def test_objects_are_laid_out_by_table_line_date_hour_and_named_by_start_offset(tmp_path: Path) -> None:
     lake = writer(LocalStore(tmp_path), topic_prefix="plant1.", max_rows=100)
-    lake.write(make_records(2, 6))
+    lake.write(handled(make_records(2, 6)))
     assert lake.held_offsets() == {("raw.telemetry.v1", 2): 0}
     lake.flush()
     assert lake.held_offsets() == {}
@@ -80,7 +85,7 @@ def test_objects_are_laid_out_by_table_line_date_hour_and_named_by_start_offset(
 def test_rows_cross_into_the_next_hour_directory(tmp_path: Path) -> None:
     lake = writer(LocalStore(tmp_path), max_rows=100, rotate_interval_ms=2 * HOUR)
     start = T0 - (T0 % HOUR) + HOUR - 2000  # two seconds before 08:00
-    lake.write(make_records(0, 4, start_at=start, step_ms=1000))
+    lake.write(handled(make_records(0, 4, start_at=start, step_ms=1000)))
     lake.flush()
     hours = sorted({p.parent.name for p in tmp_path.rglob("*.parquet")})
     assert hours == ["hour=07", "hour=08"]
@@ -88,7 +93,7 @@ def test_rows_cross_into_the_next_hour_directory(tmp_path: Path) -> None:
 
 def test_rotation_by_record_count(tmp_path: Path) -> None:
     lake = writer(LocalStore(tmp_path), max_rows=5)
-    lake.write(make_records(0, 12))
+    lake.write(handled(make_records(0, 12)))
     starts = sorted({p.name.split("+")[2][:19] for p in tmp_path.rglob("*.parquet")})
     assert starts == ["0000000000000000000", "0000000000000000005"]
     assert lake.held_offsets() == {("raw.telemetry.v1", 0): 10}, "the open segment holds its start offset"
@@ -96,7 +101,7 @@ def test_rotation_by_record_count(tmp_path: Path) -> None:
 
 def test_rotation_by_record_time_not_wall_clock(tmp_path: Path) -> None:
     lake = writer(LocalStore(tmp_path), max_rows=1000, rotate_interval_ms=60_000)
-    lake.write(make_records(0, 10, step_ms=20_000))  # records 0..2 within a minute of record 0, 3.. next
+    lake.write(handled(make_records(0, 10, step_ms=20_000)))  # records 0..2 within a minute of record 0, 3.. next
     starts = sorted({int(p.name.split("+")[2][:19]) for p in tmp_path.rglob("*.parquet")})
     assert starts == [0, 3, 6]
     assert lake.held_offsets() == {("raw.telemetry.v1", 0): 9}
@@ -111,7 +116,7 @@ def test_same_records_in_any_batching_give_byte_identical_objects(tmp_path: Path
         lake = writer(LocalStore(root), max_rows=4, rotate_interval_ms=60_000)
         pos = 0
         for size in sizes:
-            lake.write(records[pos:pos + size])
+            lake.write(handled(records[pos:pos + size]))
             pos += size
         held = lake.held_offsets()
         results.append(({p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.parquet")}, held))
@@ -121,8 +126,8 @@ def test_same_records_in_any_batching_give_byte_identical_objects(tmp_path: Path
 def test_a_rewound_batch_is_not_buffered_twice(tmp_path: Path) -> None:
     lake = writer(LocalStore(tmp_path), max_rows=100)
     batch = make_records(0, 5)
-    lake.write(batch)
-    lake.write(batch)  # the loop rewound: same offsets again
+    lake.write(handled(batch))
+    lake.write(handled(batch))  # the loop rewound: same offsets again
     lake.flush()
     assert sorted(o for _, _, o in lake_rows(tmp_path)) == [0, 1, 2, 3, 4]
 
@@ -144,9 +149,9 @@ def test_a_failed_write_keeps_the_segment_held_and_the_retry_writes_it(tmp_path:
     lake = writer(store, max_rows=3)
     store.fail_next = 1
     with pytest.raises(OSError):
-        lake.write(make_records(0, 3))
+        lake.write(handled(make_records(0, 3)))
     assert lake.held_offsets() == {("raw.telemetry.v1", 0): 0}, "nothing may be committed"
-    lake.write(make_records(0, 6))  # the loop retries the batch, then more arrives
+    lake.write(handled(make_records(0, 6)))  # the loop retries the batch, then more arrives
     assert lake.held_offsets() == {}
     assert sorted(o for _, _, o in lake_rows(tmp_path)) == list(range(6))
 
@@ -170,7 +175,7 @@ class GatedStore(LocalStore):
 def test_background_writes_hold_offsets_until_durable_and_retry_failures(tmp_path: Path) -> None:
     store = GatedStore(tmp_path, fail=1)
     lake = writer(store, max_rows=3, background=True)
-    lake.write(make_records(0, 7))  # segments [0,3) and [3,6) go to the writer thread, [6,7) stays open
+    lake.write(handled(make_records(0, 7)))  # segments [0,3) and [3,6) go to the writer thread, [6,7) stays open
     assert lake.held_offsets() == {("raw.telemetry.v1", 0): 0}, "nothing is durable yet"
     assert lake.buffered_rows() == 7
     store.gate.set()  # the store answers: first with an error (retried after 0.5 s), then it works
@@ -213,7 +218,7 @@ def crash_and_replay(root: Path, records: dict[int, list[Record]], seed: int, cr
             n = rng.randint(0, 5)
             batch += records[p][position[p]:position[p] + n]
             position[p] = min(len(records[p]), position[p] + n)
-        lake.write(batch)
+        lake.write(handled(batch))
         if rewinds and rng.random() < 0.1:  # a delivery failed: seek back, store nothing, process again
             rewinds -= 1
             position = batch_start
@@ -262,13 +267,13 @@ def test_exactly_once_survives_rebalances_with_lost_commits_and_rewinds(tmp_path
 
 def test_a_flushed_segment_is_skipped_by_the_next_owner_when_the_commit_was_lost(tmp_path: Path) -> None:
     first = writer(LocalStore(tmp_path), max_rows=4)
-    first.write(make_records(0, 10))  # segments [0,4), [4,8) written, [8,10) open
+    first.write(handled(make_records(0, 10)))  # segments [0,4), [4,8) written, [8,10) open
     first.flush()  # revoked: [8,10) closed early; the commit of 10 is lost, so the group still has 4... or 8
     markers = sorted(p.name for p in (tmp_path / "_segments" / "raw.telemetry.v1+0").iterdir())
     assert markers == ["0000000000000000004-0000000000000000000", "0000000000000000008-0000000000000000004",
                        "0000000000000000010-0000000000000000008"]
     second = writer(LocalStore(tmp_path), max_rows=4)  # another instance replays from 5
-    second.write(make_records(0, 20)[5:])
+    second.write(handled(make_records(0, 20)[5:]))
     second.flush()
     assert sorted(o for _, _, o in lake_rows(tmp_path)) == list(range(20))
 
@@ -318,7 +323,7 @@ def test_s3_store_writes_the_same_keys_under_the_prefix() -> None:
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="lake")
         lake = writer(S3Store("s3://lake/plant1/", client=client), max_rows=100)
-        lake.write(make_records(0, 3))
+        lake.write(handled(make_records(0, 3)))
         lake.flush()
         everything = sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"])
         keys = [k for k in everything if k.endswith(".parquet")]

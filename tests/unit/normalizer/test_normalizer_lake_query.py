@@ -34,8 +34,8 @@ def test_duckdb_reads_the_lake_with_its_partitions(tmp_path: Path) -> None:
                       "model": {"provider": "local", "model_id": "m", "version": None}, "latency_ms": None}
         rows[1000 + i] = ("inspections", normalizer.inspection(inspection))
         records.append(Record("raw.inspections.v1", 0, 1000 + i, None, inspection, [], 0, None))
-    lake = LakeWriter(LocalStore(tmp_path), lambda r: rows[r.offset], max_rows=100, rotate_interval_ms=3_600_000)
-    lake.write(records)
+    lake = LakeWriter(LocalStore(tmp_path), lambda r, _: rows[r.offset], max_rows=100, rotate_interval_ms=3_600_000)
+    lake.write([(record, []) for record in records])
     lake.flush()
     db = duckdb.connect()
     minutes = db.execute(f"""

@@ -20,22 +20,24 @@ def raw(device: str = "line1-mixer") -> dict:
                                           "received_by": None}, "attributes": {}}
 
 
-def test_pipeline_hands_each_row_to_the_lake_once() -> None:
+def test_the_lake_row_is_the_handled_records_output() -> None:
     pipeline = Pipeline(Normalizer(load_plant(default_plant_path())), "normalizer-unit-test")
     record = Record("raw.telemetry.v1", 4, 17, b"line1-mixer", raw(), [], T0, None)
-    [out] = pipeline.handle(record)
+    outputs = pipeline.handle(record)
+    [out] = outputs
     assert out.key == "line1" and out.value["value"] == 45.0
-    table, row = pipeline.lake_row(record)
+    table, row = pipeline.lake_row(record, outputs)  # what the loop hands the lake sink with the record
     assert table == "observations" and row is out.value
-    assert pipeline.lake_row(record) is None
+    assert pipeline.lake_row(record, []) is None
+    assert Pipeline(pipeline.normalizer, "normalizer-unit-test", lake=False).lake_row(record, outputs) is None
 
 
-def test_pipeline_lets_rejections_through_to_the_loop_and_keeps_no_row() -> None:
+def test_pipeline_lets_rejections_through_to_the_loop() -> None:
     pipeline = Pipeline(Normalizer(load_plant(default_plant_path())), "normalizer-unit-test")
     record = Record("raw.telemetry.v1", 0, 1, b"x", raw("ghost"), [], T0, None)
     with pytest.raises(UnknownDeviceError):
         pipeline.handle(record)
-    assert pipeline.lake_row(record) is None
+    assert pipeline.rejected == {("observations", "UnknownDeviceError"): 1}
 
 
 def test_settings_come_from_the_environment() -> None:

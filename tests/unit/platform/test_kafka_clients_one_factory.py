@@ -11,9 +11,7 @@ PRODUCT = ("lineguard", "services", "simulator")
 FACTORY = "lineguard/kafka/clients.py"
 CLIENTS = {"Consumer", "Producer", "AdminClient", "SerializingProducer", "DeserializingConsumer"}
 # Modules still on their own constructions, each with the reason and who moves it (empty when all are done).
-ALLOWED: dict[str, str] = {
-    "services/ingest/sftp_poller.py": "SFTP recovery read: moving to read_topic (issue 10, step 2)",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def constructions(path: Path, root: Path = ROOT) -> list[str]:
