@@ -34,6 +34,8 @@ KIND_BY_TOPIC = {topics.LINE_OBSERVATIONS: "observations", topics.LINE_ALARMS: "
 MEMORY_TOPICS = {topics.ACTIONS: "actions", topics.FEEDBACK: "feedback"}
 
 RECORDS_FOLDED = telemetry.counter(SERVICE, "records_folded", "Unified records folded into windows.", ["kind"])
+MEMORY_RECORDS = telemetry.counter(SERVICE, "memory_records", "Action and feedback records remembered per line.",
+                                   ["kind"])
 LATE_RECORDS = telemetry.counter(SERVICE, "late_records", "Records that arrived after their window closed.")
 CHECKPOINTS = telemetry.counter(SERVICE, "checkpoints", "Window state checkpoints written to the changelog.",
                                 ["outcome"])
@@ -87,6 +89,7 @@ class AdvisorState:
                 else:
                     state.memory.on_feedback(value)
                 self.dirty.add(state.line_id)
+            MEMORY_RECORDS.labels(MEMORY_TOPICS[topic]).inc()
             return []
         kind = KIND_BY_TOPIC.get(topic)
         if kind is None:

