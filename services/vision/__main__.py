@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-
-from aiohttp import web
-
-from lineguard.health import Health, create_app
 from lineguard.logs import event, get_logger
-from lineguard.service import start_service, tune_gc
+from lineguard.service import Runtime, Service, StartupError, run_service
 from services.vision.detector import make_detector
 from services.vision.inspections import KafkaInspectionSink
 from services.vision.service import VisionService
@@ -34,41 +27,32 @@ def build_detector(settings: VisionSettings):
     return make_detector("local", model_path=settings.local_model_path)
 
 
-async def serve(settings: VisionSettings) -> None:
+def build(rt: Runtime[VisionSettings]) -> Service:
+    """The vision service for lineguard.service: its HTTP API; the detector, image store and producer built
+    first (a model file or store that cannot be opened exits 2)."""
     from lineguard.kafka import Producer
 
-    health = Health(settings.service_name, settings.liveness_timeout_s)
+    settings = rt.settings
+    try:
+        detector, store = build_detector(settings), build_store(settings)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"vision: {type(exc).__name__}: {exc}") from exc
     service = VisionService(
-        build_detector(settings), build_store(settings), KafkaInspectionSink(Producer(settings)),
+        detector, store, KafkaInspectionSink(Producer(settings)),
         service_name=settings.service_name, max_image_bytes=settings.max_image_bytes,
         max_batch=settings.max_batch, expected_size=settings.expected_size(),
         detector_threads=settings.detector_threads)
-    app = create_app(health, client_max_size=settings.max_request_bytes)
-    service.add_routes(app)
-    tune_gc()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    health.set_ready(True)
-    event(log, "vision_ready", port=settings.http_port, detector=service.detector.model.to_dict())
-    try:
-        while not stop.is_set():
-            health.beat()  # the event loop is alive and serving
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-    finally:
-        health.set_ready(False, "shutting down")
-        await runner.cleanup()  # finishes in-flight requests
-        await service.close()  # flushes the producer
+    event(log, "vision_built", detector=service.detector.model.to_dict())
+
+    async def close() -> None:
+        await service.close()  # flushes the producer (after the HTTP server finished in-flight requests)
         event(log, "vision_stopped")
+
+    return Service(routes=service.add_routes, on_stop=close, client_max_size=settings.max_request_bytes)
 
 
 def main() -> None:
-    asyncio.run(serve(start_service(VisionSettings)))
+    run_service(VisionSettings, build)
 
 
 if __name__ == "__main__":
