@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from logging import CRITICAL, ERROR, INFO
 from typing import Any, Generic, NoReturn, TypeVar
 
 from aiohttp import web
@@ -169,7 +170,7 @@ async def _main(rt: Runtime[Any], build: Callable[[Runtime[Any]], Service | Awai
         if inspect.isawaitable(service):
             service = await service
     except (StartupError, SettingsError) as exc:
-        event(log, "service_failed_to_start", level=50, error=str(exc))
+        event(log, "service_failed_to_start", level=CRITICAL, error=str(exc))
         await _close_producers(rt)
         return EXIT_CONFIG
     return await serve(rt, service)
@@ -192,7 +193,7 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
     try:
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
     except OSError as exc:  # the port is taken, or the address is wrong
-        event(log, "http_server_failed", level=50, host=settings.http_host, port=settings.http_port, error=str(exc))
+        event(log, "http_server_failed", level=CRITICAL, host=settings.http_host, port=settings.http_port, error=str(exc))
         await runner.cleanup()
         if loop is not None:
             loop.consumer.close()
@@ -245,7 +246,7 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
                 break
         stop_waiter.cancel()
     except Exception as exc:  # noqa: BLE001 - a restore that failed: stop cleanly and say why
-        event(log, "service_failed", level=50, error=f"{type(exc).__name__}: {exc}")
+        event(log, "service_failed", level=CRITICAL, error=f"{type(exc).__name__}: {exc}")
         failed.append(f"{type(exc).__name__}: {exc}")
     finally:
         event(log, "service_stopping", service=settings.service_name)
@@ -273,7 +274,7 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:  # noqa: BLE001 - still close the producers
-                event(log, "service_on_stop_failed", level=40, error=f"{type(exc).__name__}: {exc}")
+                event(log, "service_on_stop_failed", level=ERROR, error=f"{type(exc).__name__}: {exc}")
                 failed.append(f"on_stop: {exc}")
         await _close_producers(rt)
         beat.cancel()
@@ -284,7 +285,7 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
                 rt._aio.remove_signal_handler(sig)
     stats = getattr(loop, "stats", None)
     code = EXIT_FAILED if failed else EXIT_OK
-    event(log, "service_stopped", level=50 if failed else 20, service=settings.service_name, exit_code=code,
+    event(log, "service_stopped", level=CRITICAL if failed else INFO, service=settings.service_name, exit_code=code,
           failures=failed or None, **(stats.__dict__ if stats is not None else {}))
     return code
 
@@ -295,7 +296,7 @@ async def _guard(task: Task, failed: list[str]) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a crashed background task stops the service, loudly
-        event(log, "background_task_failed", level=50, task=getattr(task, "__name__", "task"),
+        event(log, "background_task_failed", level=CRITICAL, task=getattr(task, "__name__", "task"),
               error=f"{type(exc).__name__}: {exc}")
         failed.append(f"{getattr(task, '__name__', 'task')}: {type(exc).__name__}: {exc}")
         raise
@@ -305,5 +306,5 @@ async def _close_producers(rt: Runtime[Any]) -> None:
     for producer in rt._producers:
         remaining = await asyncio.to_thread(producer.close, 10.0)
         if remaining:
-            event(log, "producer_closed_with_undelivered_records", level=40, remaining=remaining)
+            event(log, "producer_closed_with_undelivered_records", level=ERROR, remaining=remaining)
     rt._producers.clear()

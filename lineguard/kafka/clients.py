@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from logging import WARNING
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -225,7 +226,7 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
                         value = serde.decode(topic, value)  # type: ignore[union-attr]
                     except Exception as exc:  # noqa: BLE001 - SerdeError and what a broken record raises
                         throttled_event(log, _skip_throttle, (full, type(exc).__name__), "read_topic_record_skipped",
-                                        level=30, topic=full, partition=partition, offset=offset, error=str(exc)[:300])
+                                        level=WARNING, topic=full, partition=partition, offset=offset, error=str(exc)[:300])
                         continue
                 record = Record(topic, partition, offset, msg.key(), value, msg.headers() or [], msg.timestamp()[1],
                                 msg.value())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterable
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -100,7 +101,7 @@ class Producer:
         else:
             self._counter(topic, False).inc()
             self.note_delivery_error(err)
-            event(log, "delivery_failed", level=30, topic=msg.topic(), error=err.str())
+            event(log, "delivery_failed", level=WARNING, topic=msg.topic(), error=err.str())
 
     # --- fatal errors -----------------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Producer:
         """librdkafka's error callback (broker down, auth failures, fatal errors)."""
         if err.fatal():
             self._fatal = err
-        event(log, "kafka_client_error", level=40 if err.fatal() else 20, error=err.str(), fatal=err.fatal())
+        event(log, "kafka_client_error", level=ERROR if err.fatal() else INFO, error=err.str(), fatal=err.fatal())
 
     def note_delivery_error(self, err: KafkaError) -> None:
         """A delivery failed; remember it when the producer can never deliver again."""
@@ -126,7 +127,7 @@ class Producer:
             reason, self._fatal = self._fatal, None
             old, self._producer = self._producer, producer_from_config(self._conf)
         self._replaced.inc()
-        event(log, "producer_replaced", level=30, error=reason.str())
+        event(log, "producer_replaced", level=WARNING, error=reason.str())
 
         def retire() -> None:
             old.purge()
@@ -229,7 +230,7 @@ class Producer:
             self._poller.join(timeout=2)
             self._poller = None
         if remaining:
-            event(log, "producer_closed_with_undelivered_records", level=40, remaining=remaining)
+            event(log, "producer_closed_with_undelivered_records", level=ERROR, remaining=remaining)
         return remaining
 
 
