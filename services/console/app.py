@@ -2,6 +2,7 @@
 
     GET  /                          the web app (static files under /static; nothing from a CDN)
     POST /api/login                 {"user", "password"} -> session cookie + CSRF token
+    POST /api/login/proxy           the same from an authenticating proxy's user header (OIDC), when configured
     POST /api/logout
     GET  /api/session               who is signed in, the CSRF token, the line, what voice can do
     GET  /api/status                the backends (up or down, why) and Kafka
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,6 +67,7 @@ VOICE_FIRST_AUDIO = telemetry.histogram("console", "voice_first_audio_seconds",
                                         "From the end of a spoken question (upload received) to the first "
                                         "answer audio ready.")
 
+OPERATOR_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 CLIENT_MAX_SIZE = 4 * 1024**2  # a recorded question (WebM/Opus, 20 s) is far below this
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -102,7 +105,7 @@ class Console:
                              f"(known: {', '.join(self.plant.lines)})")
         self.normalizer = Backend("normalizer", settings.normalizer_url, "asset graph", settings.normalizer_token)
         self.advisor = Backend("advisor", settings.advisor_url, "chat and recommendations", settings.advisor_token,
-                               timeout_s=60.0)
+                               timeout_s=30.0)
         self.actuator = Backend("actuator", settings.actuator_url, "approvals", settings.actuator_token,
                                 timeout_s=15.0)
         self.notifier = Backend("notifier", settings.notifier_url, "live notifications", settings.feed_token)
@@ -226,6 +229,10 @@ class Console:
             self.notifier.status.configured = False
             self.notifier.mark(False, "not configured (LINEGUARD_CONSOLE_FEED_TOKEN unset)")
             return
+        with contextlib.suppress(BackendError):  # what was sent before the console started
+            recent = await self.notifier.request("GET", "/v1/feed/recent", params={"limit": "50"})
+            for notification in recent if isinstance(recent, list) else []:
+                self.on_notification("notification", notification)
         await follow_sse(self.notifier, "/v1/feed", self.on_notification, stop)
 
     def _setup_voice(self) -> None:
@@ -344,7 +351,7 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
 @web.middleware
 async def require_session(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every /api route but login needs a live session; every unsafe method its CSRF token."""
-    if not request.path.startswith("/api/") or request.path == "/api/login":
+    if not request.path.startswith("/api/") or request.path in ("/api/login", "/api/login/proxy"):
         return await handler(request)
     console = request.app[CONSOLE_KEY]
     session = console.sessions.get(request.cookies.get(COOKIE))
@@ -424,6 +431,24 @@ async def logout(request: web.Request) -> web.Response:
     event(log, "signed_out", operator=request[SESSION_KEY].user.id)
     response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE, path="/")
+    return response
+
+
+async def proxy_login(request: web.Request) -> web.Response:
+    """OIDC through an authenticating proxy: the proxy signed the operator in and names them in a header."""
+    console = request.app[CONSOLE_KEY]
+    header = console.settings.auth_proxy_header
+    user_id = request.headers.get(header, "").strip() if header else ""
+    if not header or not OPERATOR_ID.match(user_id):
+        return _json_error(401, "no signed-in user from the authenticating proxy")
+    known = console.users.get(user_id)
+    user = known or User(user_id, request.headers.get("X-Forwarded-Preferred-Username", user_id)[:100], "")
+    session = console.sessions.create(user)
+    LOGINS.labels("proxy").inc()
+    event(log, "signed_in", operator=user.id, via="proxy")
+    response = web.json_response({"user": user.id, "name": user.name, "csrf": session.csrf})
+    response.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", secure=console.cookie_secure(request),
+                        path="/", max_age=int(console.settings.session_ttl_s))
     return response
 
 
@@ -673,6 +698,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC, follow_symlinks=False)
     app.router.add_post("/api/login", login)
+    app.router.add_post("/api/login/proxy", proxy_login)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/session", session_info)
     app.router.add_get("/api/status", status)

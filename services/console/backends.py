@@ -103,7 +103,7 @@ class Backend:
             raise BackendError(self.name, f"unreachable ({_describe(exc)})", 503) from exc
 
     async def stream_lines(self, method: str, path: str, *, json_body: Any = None,
-                           headers: dict[str, str] | None = None, timeout_s: float = 60.0) -> AsyncIterator[bytes]:
+                           headers: dict[str, str] | None = None, timeout_s: float = 30.0) -> AsyncIterator[bytes]:
         """A streamed response, line by line (NDJSON)."""
         assert self.session is not None
         try:

@@ -25,7 +25,10 @@ class ConsoleSettings(Settings):
     cookie_secure: str = env_field("auto", help="Secure flag on the session cookie: auto (when the request came "
                                                 "over TLS: directly, or X-Forwarded-Proto: https from the TLS-"
                                                 "terminating ingress), true or false.")
-    oidc_issuer: str | None = env_field(None, help="Reserved for OIDC sign-in (see README); unset = users file.")
+    auth_proxy_header: str | None = env_field(
+        None, help="OIDC through an authenticating proxy (oauth2-proxy, an ALB with OIDC, Pomerium): the request "
+                   "header that carries the signed-in user (e.g. X-Forwarded-User). Only when the console is "
+                   "reachable through that proxy alone. Unset = the users file.")
     line_id: str | None = env_field(None, help="The line shown; default: the first line of the plant model.")
     normalizer_url: str = env_field("http://127.0.0.1:8083", help="The normalizer's asset graph API.")
     normalizer_token: str | None = env_field(None, env="LINEGUARD_CONSOLE_NORMALIZER_TOKEN", secret=True,

@@ -197,28 +197,19 @@ class PocketsphinxRecognizer:
         self.decoder = Decoder(lm=None, samprate=16000, loglevel="FATAL")
         self.grammar = build_grammar(vocab, lambda w: self.decoder.lookup_word(w) is not None)
         self.decoder.add_jsgf_string("questions", self.grammar)
-        # When no question form fits (the search ends nowhere), a second pass over the same words in any order
-        # still keeps the content words (machines, parameters, defects) the advisor needs.
-        words = sorted({w for line in self.grammar.splitlines()[3:] for w in re.findall(r"\b[a-z']+\b", line)}
-                       - {"public", "question", "machine", "parameter", "defect", "number", "place", "prep",
-                          "direction", "change", "event", "why", "what", "is", "show", "how"} | {"why", "what", "is",
-                                                                                                  "show", "how"})
-        words = [w for w in words if self.decoder.lookup_word(w) is not None]
-        self.decoder.add_jsgf_string("words", "#JSGF V1.0;\ngrammar words;\npublic <q> = <w>+;\n<w> = "
-                                     + " | ".join(words) + ";\n")
-
-    def _decode(self, search: str, pcm: bytes) -> str:
-        self.decoder.activate_search(search)
-        self.decoder.start_utt()
-        self.decoder.process_raw(pcm, full_utt=True)
-        self.decoder.end_utt()
-        hyp = self.decoder.hyp()
-        return hyp.hypstr.strip() if hyp is not None else ""
+        self.decoder.activate_search("questions")
 
     def recognize_pcm(self, pcm: bytes) -> str:
+        """The best path through the question grammar (a partial one when no template fits to the end: its
+        words are still the ones heard). A free word loop as a fallback was tried and left out: on some
+        utterances its search ran for minutes."""
         pcm = SILENCE + pcm + SILENCE  # the search needs a little silence on both sides
         with self._lock:
-            return self._decode("questions", pcm) or self._decode("words", pcm)
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, full_utt=True)
+            self.decoder.end_utt()
+            hyp = self.decoder.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
 
     async def transcribe(self, audio: bytes, content_type: str = "") -> str:
         started = time.perf_counter()

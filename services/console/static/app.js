@@ -86,7 +86,12 @@ async function signOut() {
 }
 
 async function start() {
-  const response = await fetch("/api/session", { credentials: "same-origin" });
+  let response = await fetch("/api/session", { credentials: "same-origin" });
+  if (response.status === 401) {
+    // Behind an authenticating proxy (OIDC) the proxy already knows who this is.
+    const proxied = await fetch("/api/login/proxy", { method: "POST", credentials: "same-origin" });
+    if (proxied.ok) response = await fetch("/api/session", { credentials: "same-origin" });
+  }
   if (!response.ok) { showSignIn(); return; }
   const session = await response.json();
   state.csrf = session.csrf;

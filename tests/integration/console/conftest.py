@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import urllib.request
 import uuid
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from speech import espeak_wav
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog
 from lineguard.embedded import Child, Supervisor, free_port
@@ -149,7 +149,7 @@ def line(kafka_bootstrap: str, mosquitto_url: str, tmp_path_factory: pytest.Temp
         print((work / "line.log").read_text()[-6000:])
         raise
     yield Line(settings, url["console"], url["simulator"], ports, supervisor, children, unavailable)
-    supervisor.stop_all(grace=10)
+    supervisor.stop_all(grace=5)  # graceful shutdown is each service's own test; here it only costs time
     log.close()
 
 
@@ -160,9 +160,7 @@ def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("espeak-ng missing: make system-deps installs it")
     from services.console.voice import decode_to_pcm16k, pcm16k_to_wav
 
-    raw = subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "150", "--stdout", VOICE_QUESTION],
-                         capture_output=True, check=True).stdout
-    pcm = decode_to_pcm16k(raw) + b"\0\0" * 16000 * 2  # 2 s of silence: the page hears the end of speech
+    pcm = decode_to_pcm16k(espeak_wav(VOICE_QUESTION)) + b"\0\0" * 16000 * 2  # 2 s of silence: the page hears the end of speech
     path = tmp_path_factory.mktemp("voice") / "question.wav"
     path.write_bytes(pcm16k_to_wav(pcm))
     return path

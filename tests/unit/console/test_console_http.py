@@ -203,3 +203,22 @@ def test_bad_votes_are_refused(body: dict) -> None:
         assert response.status == 400
 
     run(test)
+
+
+def test_sign_in_through_an_authenticating_proxy() -> None:
+    async def test(client: TestClient, _: Console) -> None:
+        assert (await client.post("/api/login/proxy")).status == 401  # no header
+        assert (await client.post("/api/login/proxy", headers={"X-Forwarded-User": "<bad name>"})).status == 401
+        response = await client.post("/api/login/proxy", headers={"X-Forwarded-User": "carol@plant.example"})
+        assert response.status == 200 and "HttpOnly" in response.headers["Set-Cookie"]
+        assert (await (await client.get("/api/session")).json())["user"] == "carol@plant.example"
+
+    run(test, auth_proxy_header="X-Forwarded-User")
+
+
+def test_the_proxy_header_is_ignored_unless_configured() -> None:
+    async def test(client: TestClient, _: Console) -> None:
+        response = await client.post("/api/login/proxy", headers={"X-Forwarded-User": "alice"})
+        assert response.status == 401
+
+    run(test)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import shutil
-import subprocess
 
 import pytest
+from speech import espeak_wav, webm_opus
 
 from lineguard.plant import AssetGraph, default_plant_path, load_plant
 from services.console.twin import Twin
@@ -25,7 +24,6 @@ from services.console.voice import (
 PLANT = load_plant(default_plant_path())
 CLASSES = ["cracked", "deformed", "bubbled", "burnt"]
 SETPOINTS = [p for m in PLANT.lines["line1"].machines.values() for p in m.setpoints]
-SPEAKER = "en-us+f2"  # the espeak-ng voice the recogniser hears best (bench/bench_voice.py compares voices)
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing: make system-deps")
 
 
@@ -71,29 +69,6 @@ def test_audio_store_serves_only_the_owner() -> None:
     assert store.get(audio_id, "alice") == ("audio/wav", b"RIFF")
     assert store.get(audio_id, "bob") is None
     assert store.get("nope", "alice") is None
-
-
-def espeak_wav(text: str) -> bytes:
-    return subprocess.run(["espeak-ng", "-v", SPEAKER, "-s", "150", "--stdout", text], capture_output=True,
-                          check=True).stdout
-
-
-def webm_opus(pcm16k: bytes) -> bytes:
-    """What a browser's MediaRecorder sends: Opus in WebM, 48 kHz."""
-    import av
-    import numpy as np
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="webm") as out:
-        stream = out.add_stream("libopus", rate=48000)
-        samples = np.frombuffer(pcm16k, dtype=np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = 16000
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
 
 
 @needs_espeak
