@@ -104,6 +104,9 @@ def alarm_item(state: State, rec: dict) -> tuple[Item | None, str | None]:
         if same_activation and prev["state"] == "cleared":
             state[key] = new_state
             return None, "no_state_change"
+        if not new_state["notified"]:  # nobody heard of the raise (held back, or before our time): no news
+            state[key] = new_state
+            return None, "clear_not_notified"
         transition = "cleared"
         nid = f"{root}-cleared"
     state[key] = new_state
@@ -202,6 +205,10 @@ class Engine:
             return Decision("digest", "recipient_cap", names, rule.name)
         # Notify: remember it (replays and repeats are recognised), count it against the caps.
         state[f"seen:{item.notification_id}"] = now
+        if item.alarm_id and item.transition != "cleared":
+            alarm = state.get(f"alarm:{item.alarm_id}")
+            if alarm is not None:
+                state[f"alarm:{item.alarm_id}"] = {**alarm, "notified": True}
         state[fp_key] = now
         if item.kind != "action":  # actions are keyed by action id, not line: they stay out of the line caps
             sent = _window(state.get(f"cap:{item.line_id}"), now, limits.line_cap_window_s)

@@ -276,6 +276,9 @@ class Notifier:
 
     async def _on_source(self, topic: str, rec: dict, headers: list[tuple[str, bytes]]) -> None:
         now = self.clock()
+        self._source_count += 1
+        if self._source_count % 5000 == 0:
+            self._prune(now)
         why: str | None = None
         if topic == topics.LINE_ALARMS:
             item, why = alarm_item(self.decisions, rec)
@@ -298,9 +301,6 @@ class Notifier:
         self.decisions[f"intent:{n['notification_id']}"] = {"n": n, "targets": targets, "at": now}
         self._m_notifications.labels(n["kind"]).inc()
         self.dispatcher.submit([Delivery(n, ch, target, op) for ch, target, op in targets])
-        self._source_count += 1
-        if self._source_count % 1000 == 0:
-            self._prune(now)
 
     def _notification(self, item: Item, groups: list[str], now: float, **extra: Any) -> dict:
         return {"notification_id": item.notification_id, "kind": item.kind, "line_id": item.line_id,

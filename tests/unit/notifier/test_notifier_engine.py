@@ -63,11 +63,21 @@ def test_one_notification_per_state_change_not_per_message() -> None:
                 alarm(1, raised_at=1, state="cleared")]:
         item, why = alarm_item(state, rec)
         decided.append(item.transition if item else why)
+        if item is not None:
+            assert eng.decide(state, item, T0).status == "notify"
     assert decided == ["raised", "no_state_change", "severity_changed", "no_state_change", "cleared",
                        "no_state_change"]
-    # A new activation after the clear is a new notification (peers' alarm identity complaint).
+    # The clear of a raise nobody was told about (held back in the digest) is no news either.
+    held, _ = alarm_item(state, alarm(2, severity="minor"))
+    assert eng.decide(state, held, T0).reason == "below_threshold"
+    assert alarm_item(state, alarm(2, severity="minor", state="cleared")) == (None, "clear_not_notified")
+    # A new activation after the clear is a new notification (peers' alarm identity complaint), once the dedup
+    # window of the first one has passed (flapping within it is one finding).
     item, _ = alarm_item(state, alarm(1, raised_at=2))
-    assert item.transition == "raised" and eng.decide(state, item, T0).status == "notify"
+    assert item.transition == "raised" and eng.decide(state, item, T0 + 10).reason == "duplicate"
+    item, _ = alarm_item(state, alarm(1, state="cleared", raised_at=2))
+    item, _ = alarm_item(state, alarm(1, raised_at=3))
+    assert item.transition == "raised" and eng.decide(state, item, T0 + 601).status == "notify"
 
 
 def test_storm_of_1000_raises_in_a_minute_stays_under_the_line_cap() -> None:
