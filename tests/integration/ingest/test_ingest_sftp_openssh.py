@@ -105,6 +105,21 @@ def poller_for(openssh: OpenSsh, settings, name: str, **source) -> tuple[SftpPol
                       quiet_period_s=QUIET_S), pipeline
 
 
+def run(poller: SftpPoller, pipeline: IngestPipeline, scenario) -> None:  # noqa: ANN001
+    """Run one scenario against the poller, then close its connection and the pipeline."""
+
+    async def main() -> None:
+        try:
+            await scenario()
+        finally:
+            await poller._drop_connection(poller.sources[0])
+
+    try:
+        asyncio.run(main())
+    finally:
+        pipeline.close()
+
+
 def rows(first: int, last: int) -> str:
     return "".join(f"B{i:03d},2026-11-29T12:{i % 60:02d}:00Z,25{i % 10}.5{i % 10}\n" for i in range(first, last))
 
@@ -147,12 +162,8 @@ def test_a_slow_plc_pausing_mid_upload_is_taken_only_once_complete(openssh, inge
             assert poller.stats["incomplete_waits"] >= 1
             await handle.write(b"3.53\n" + rows(13, 28).encode())
         assert await poll_until(poller) == 1
-        await poller._drop_connection(source)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        pipeline.close()
+    run(poller, pipeline, scenario)
     got = weights(settings, 28)
     assert got["B012"] == 253.53 and got["B027"] == 257.57
     assert sorted(p.name for p in Path(source.done_directory).iterdir()) == ["batch-1.csv"]
@@ -175,12 +186,8 @@ def test_a_marker_source_waits_for_its_marker_file(openssh, ingest_settings, tmp
         await asyncio.to_thread(openssh.sftp_batch, f"put {tmp_path / 'batch-2.csv.ok'} "
                                                     f"{source.directory}/batch-2.csv.ok")
         assert await poller.poll(source) == 1  # taken at once when the marker is there
-        await poller._drop_connection(source)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        pipeline.close()
+    run(poller, pipeline, scenario)
     assert len(weights(settings, 5)) == 5
     assert sorted(p.name for p in Path(source.done_directory).iterdir()) == ["batch-2.csv", "batch-2.csv.ok"]
     assert sorted(p.name for p in Path(source.directory).iterdir()) == ["done"]
@@ -201,11 +208,7 @@ def test_an_upload_as_part_is_taken_only_after_its_rename(openssh, ingest_settin
         await asyncio.to_thread(openssh.sftp_batch, f"rename {source.directory}/batch-3.csv.part "
                                                     f"{source.directory}/batch-3.csv")
         assert await poll_until(poller) == 1
-        await poller._drop_connection(source)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        pipeline.close()
+    run(poller, pipeline, scenario)
     assert len(weights(settings, 6)) == 6
     assert sorted(p.name for p in Path(source.done_directory).iterdir()) == ["batch-3.csv"]

@@ -6,6 +6,7 @@ itself loses the broker."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import uuid
@@ -20,6 +21,9 @@ from services.ingest.pipeline import DEAD_LETTERS, READINGS
 from services.ingest.service import IngestService
 
 pytestmark = pytest.mark.integration
+if importlib.util.find_spec("sparkplub_b_packets") is None:
+    pytest.skip("sparkplug-b-packets (Eclipse Tahu's Python core, the dev extra) is not installed",
+                allow_module_level=True)
 
 G, N = "bakery2", "line2-oven"
 
