@@ -313,12 +313,12 @@ class Spool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake_drain.wait(), 1.0)
                 continue
-            decoded = [(entry, *decode_entry(entry.data)) for entry in batch]
+            decoded = [(entry, *_decode_or_dead_letter(entry)) for entry in batch]
             while not self._stopping:
                 try:
                     await self._deliver(decoded)
                     break
-                except DeliveryFailed as exc:
+                except Exception as exc:  # noqa: BLE001 - Kafka away (DeliveryFailed) or a bug: never stop draining
                     self.stats["retries"] += 1
                     event(log, "webhook_spool_delivery_failed", level=30, entries=len(batch), error=str(exc)[:300],
                           retry_in_s=backoff)
@@ -400,6 +400,16 @@ class Spool:
         if self._writer is not None:
             self._writer.join(10)
         self._close_file()
+
+
+def _decode_or_dead_letter(entry: _Entry) -> tuple[list[Emit], list[DeadLetter]]:
+    """An entry's records and dead letters; one that cannot be read (it passed its CRC, so a bug, not a torn
+    write) becomes a dead letter with its bytes instead of blocking the spool."""
+    try:
+        return decode_entry(entry.data)
+    except (ValueError, KeyError, TypeError) as exc:
+        return [], [DeadLetter(entry.data, f"webhook spool entry {entry.seq} unreadable: {exc!r}"[:500],
+                               "SpoolEntryError", entry.adapter, "webhook-spool", str(entry.seq))]
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:

@@ -7,6 +7,9 @@ Kafka is replaced here by a recorder of what the drain task hands to the pipelin
 from __future__ import annotations
 
 import asyncio
+import json
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -155,3 +158,21 @@ def test_segments_roll_and_are_deleted_once_acknowledged(tmp_path: Path):
         i.split(":")[1][1:]))
     assert len(list(tmp_path.glob(f"*{SUFFIX}"))) <= 1  # only the one being written is kept
     assert Spool(tmp_path, 1 << 22, Recorder()).stats["replayed"] == 0
+
+
+def test_an_unreadable_entry_is_dead_lettered_not_a_block_for_the_rest(tmp_path: Path):
+    body = json.dumps({"seq": 1, "key": "k1", "adapter": "tts", "at": 1.0}).encode()  # no records field
+    (tmp_path / f"{1:020d}{SUFFIX}").write_bytes(struct.pack(">II", len(body), zlib.crc32(body)) + body)
+    recorder = Recorder()
+    spool = Spool(tmp_path, 1 << 20, recorder)
+
+    async def scenario() -> None:
+        spool.start()
+        assert await spool.append("k2", "chirpstack", records(2), [])
+        spool.close()
+
+    asyncio.run(scenario())
+    spool = Spool(tmp_path, 1 << 20, recorder)
+    asyncio.run(drain(spool, lambda: len(spool) == 0))
+    assert [letter.error_class for letter in recorder.letters] == ["SpoolEntryError"]
+    assert recorder.letters[0].payload == body and recorder.delivered == ["chirpstack:u2:m0", "chirpstack:u2:m1"]
