@@ -86,9 +86,13 @@ class Hub:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
+    async def wait(self, timeout: float) -> bool:
+        """True when something moved, False after `timeout`."""
+        try:
             await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class Console:
@@ -499,11 +503,13 @@ async def events(request: web.Request) -> web.StreamResponse:
                     seen[name] = version
                     data = json.dumps(payloads[name]())
                     await response.write(f"event: {name}\ndata: {data}\n\n".encode())
+            sent = time.monotonic()
             if request.transport is None or request.transport.is_closing():
                 break
-            await response.write(b": keep-alive\n\n")
-            await console.hub.wait(15.0)
-            await asyncio.sleep(0.3)  # coalesce bursts: a busy line changes the twin many times a second
+            if not await console.hub.wait(15.0):
+                await response.write(b": keep-alive\n\n")
+            # Coalesce bursts: a busy line changes the twin many times a second; at most 4 snapshots a second.
+            await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - sent)))
             if console.sessions.get(request.cookies.get(COOKIE)) is None:
                 break  # signed out or expired: the stream ends with the session
     except (ConnectionResetError, asyncio.CancelledError):

@@ -168,7 +168,7 @@ function renderTwin(twin) {
         el("div", { class: "small muted", text: `${m.inspections.items} cookies judged, ${m.inspections.defective_rate === null ? "–" : (m.inspections.defective_rate * 100).toFixed(1) + " %"} defective` }),
         el("ul", { class: "defects" }, rates));
     }
-    return el("button", { type: "button", class: `machine state-${st}`, dataMachine: m.id, dataState: st, onclick: () => openTrends(m) },
+    return el("button", { type: "button", class: `machine state-${st}`, dataMachine: m.id, dataState: st, dataSince: m.state_since, onclick: () => openTrends(m) },
       el("div", { class: "machine-head" },
         el("span", { class: "machine-name", text: m.name }),
         el("span", { class: "state", text: st === "unknown" ? "no state reported" : st + (st !== "running" && m.state_since ? ` since ${clock(m.state_since)}` : "") })),

@@ -71,8 +71,16 @@ def test_the_twin_shows_the_line_and_a_machine_the_simulator_stops(line: Line, p
     # live readings from the simulator, through ingest and the normalizer
     page.wait_for_selector(".machine[data-machine='oven'] .reading[data-attribute='zone2_temperature']")
     page.wait_for_selector(".machine[data-machine='cooling-conveyor'][data-state='running']")
+    commanded_ms = time.time() * 1000  # the page's Date.now() reads the same clock
     line.control("POST", "/api/v1/machines/cooling-conveyor/stop", {"reason": "console test"})
     try:
+        # From the stop command to the page showing it: the simulator's next state reading (every simulated
+        # second), MQTT, ingest, the normalizer, Kafka, the console, the event stream, the page.
+        shown_ms = page.wait_for_function("""() => document.querySelector(
+            ".machine[data-machine='cooling-conveyor'][data-state='stopped']") ? Date.now() : null""",
+                                          polling="raf").json_value()
+        print(f"stopped machine on screen {(shown_ms - commanded_ms) / 1000:.2f} s after the stop command")
+        assert shown_ms - commanded_ms < 3000, "the twin is not live: the stop took more than 3 s to show"
         card = page.wait_for_selector(".machine[data-machine='cooling-conveyor'][data-state='stopped']")
         assert "since" in card.inner_text().lower()
         page.wait_for_selector(".machine[data-machine='detector'] .inspections")
