@@ -98,8 +98,11 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
             "root_cause": {"type": "string", "maxLength": 160},
             "evidence": {"type": "array", "minItems": 1, "maxItems": 4,
                          "items": {"type": "string", "enum": finding_ids}},
+            # the steps are the playbook's (SOP steps and the allowed actions): the model chooses and orders them,
+            # it does not invent any (a grammar enforces it locally; validation checks every provider's text)
             "steps": {"type": "array", "minItems": 1, "maxItems": max(3, min(6, len(analysis.steps))),
-                      "items": {"type": "string", "maxLength": 160}},
+                      "items": {"type": "string", "enum": list(dict.fromkeys(analysis.steps))}
+                      if analysis.steps else {"type": "string", "maxLength": 160}},
             "proposed_actions": action_schema,
             "references": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": sections}},
         },
