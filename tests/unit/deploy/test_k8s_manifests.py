@@ -344,7 +344,7 @@ def test_every_yaml_file_parses() -> None:
     for path in files:
         docs = load_documents(path)  # raises on a syntax error
         assert docs, f"{path}: no documents"
-        if path.name not in ("kustomization.yaml", "plant.yaml"):
+        if path.name not in ("kustomization.yaml", "plant.yaml", "playbooks.yaml"):
             for doc in docs:
                 assert doc.get("apiVersion") and doc.get("kind"), f"{path}: a document without apiVersion/kind"
                 assert doc.get("metadata", {}).get("name"), f"{path}: a {doc['kind']} without a name"
@@ -457,7 +457,7 @@ def test_shared_settings(built: dict[str, list[dict]], build_name: str) -> None:
 
 def test_the_advisor_has_a_disruption_budget_and_a_long_startup(built: dict[str, list[dict]]) -> None:
     resources = built["overlays/production"]
-    (budget,) = by_kind(resources, "PodDisruptionBudget").values()
+    budget = by_kind(resources, "PodDisruptionBudget")["advisor"]
     advisor = by_kind(resources, "Deployment")["advisor"]
     assert selects(budget["spec"]["selector"]["matchLabels"], advisor["spec"]["template"]["metadata"]["labels"])
     assert budget["spec"]["maxUnavailable"] == 1
@@ -541,6 +541,17 @@ def test_msk_overlay(built: dict[str, list[dict]]) -> None:
     # The base is untouched by the overlays: it still points at the in-cluster Strimzi bootstrap.
     base_settings = by_kind(built["base"], "ConfigMap")["lineguard-settings"]["data"]
     assert base_settings["LINEGUARD_KAFKA_BOOTSTRAP"].endswith(":9092")
+
+
+def test_playbooks_config_map_is_the_example_playbooks() -> None:
+    """The advisor reads playbooks.yaml next to the plant model: the pod gets it beside /etc/lineguard/plant.yaml."""
+    assert (K8S / "base" / "playbooks.yaml").read_text() == \
+        (default_plant_path().parent / "playbooks.yaml").read_text(), \
+        "deploy/k8s/base/playbooks.yaml differs from examples/cookie-line/playbooks.yaml: cp the example over it"
+    advisor = yaml.safe_load_all((K8S / "base" / "advisor.yaml").read_text())
+    mounts = [m["mountPath"] for d in advisor if d and d["kind"] == "Deployment"
+              for m in d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    assert "/etc/lineguard/playbooks.yaml" in mounts
 
 
 def test_plant_config_map_is_the_example_plant() -> None:
