@@ -90,3 +90,10 @@ def test_kafka_security_maps_to_faust_credentials() -> None:
         broker_credentials(settings(**{"security.protocol": "SSL", "ssl.keystore.location": "/k.p12"}))
     with pytest.raises(SettingsError, match="OAUTHBEARER"):
         broker_credentials(settings(**{"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"}))
+
+
+def test_msk_iam_maps_to_an_oauthbearer_token_provider() -> None:
+    pytest.importorskip("aws_msk_iam_sasl_signer")
+    creds = broker_credentials(Settings.from_env(environ={}, kafka_msk_iam_region="eu-central-1"))
+    assert (creds.protocol.value, creds.mechanism.value) == ("SASL_SSL", "OAUTHBEARER")
+    assert creds.oauth_cb.region == "eu-central-1" and creds.ssl_context is not None
