@@ -76,7 +76,8 @@ def sns_publish_args(n: dict, links: dict[str, str], topic_arn: str, groups: lis
         attributes["category"] = {"DataType": "String", "StringValue": n["category"]}
     if groups:
         attributes["groups"] = {"DataType": "String.Array", "StringValue": json.dumps(sorted(groups))}
-    return {"TopicArn": topic_arn, "Subject": subject(n), "MessageStructure": "json",
+    # SNS subjects: ASCII, one line, under 100 characters.
+    return {"TopicArn": topic_arn, "Subject": ascii_fold(subject(n)), "MessageStructure": "json",
             "Message": json.dumps(message), "MessageAttributes": attributes}
 
 

@@ -52,7 +52,9 @@ def test_an_approval_link_expires_with_the_approval() -> None:
 def test_sns_message_has_per_protocol_text_and_filterable_attributes() -> None:
     args = render.sns_publish_args(N, {"ack": "http://h/a/t"}, "arn:aws:sns:eu-central-1:1:t", ["ops", "leads"])
     assert args["MessageStructure"] == "json"
-    assert len(args["Subject"]) < 100 and "\n" not in args["Subject"]
+    assert len(args["Subject"]) < 100 and "\n" not in args["Subject"] and args["Subject"].isascii()
+    assert render.sns_publish_args({**N, "title": "Zone 1 at 262 °C"}, {}, "arn:x", [])["Subject"] == \
+        "[CRITICAL] line1: Zone 1 at 262 C"
     message = json.loads(args["Message"])
     assert set(message) >= {"default", "email", "sms"}
     assert len(message["sms"]) <= 160 and message["sms"].isascii()
