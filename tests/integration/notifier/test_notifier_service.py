@@ -344,6 +344,14 @@ def test_approve_link_goes_to_the_actuator_and_lands_on_feedback(
     assert len(approval) == 1 and approval[0]["action_id"] == "act-1"
     assert approval[0]["recommendation_id"] == "line1|w1|scheduled"
     assert re.fullmatch(r"approval-[0-9a-f]{16}", approval[0]["feedback_id"])
+    # Every delivery attempt and its result is on notifications.v1, keyed by the notification id; a webhook's
+    # target is its channel name, never its URL (a secret).
+    attempts = [(r.key, r.value) for r in read_topic(settings, topics.NOTIFICATIONS, timeout_s=30)]
+    approval_sent = {(v["channel"], v["target"], v["status"], v["attempt"]) for k, v in attempts
+                     if v["action_id"] == "act-1" and v["status"] == "sent"}
+    assert approval_sent == {("console", "console", "sent", 1), ("hook", "hook", "sent", 1)}
+    assert all(k.decode() == v["notification_id"] for k, v in attempts)
+    assert not any("127.0.0.1" in v["target"] for _, v in attempts)
     dead = list(read_topic(settings, topics.dlq(topics.LINE_ALARMS), decode=False, timeout_s=30))
     assert [d.raw_value for d in dead] == [b"not avro"]
     headers = dlq_headers(dead[0].headers)
