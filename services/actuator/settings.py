@@ -48,7 +48,7 @@ class ActuatorSettings(Settings):
     actuator_delegate_tokens: str | None = env_field(
         None, secret=True, help="Delegates (console, notifier) as name:token,...; a delegate names the operator "
                                 "in the request body.")
-    approve_wait_s: float = env_field(10.0, help="How long an approve request waits for the execution to finish "
+    approve_wait_s: float = env_field(5.0, help="How long an approve request waits for the execution to finish "
                                                  "before it answers with the action as it stands.")
 
     def operators(self) -> dict[str, str]:
