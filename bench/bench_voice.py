@@ -128,7 +128,7 @@ def share(question: str, transcript: str) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--voices", default="en-us+f2,en-us", help="espeak-ng voices, comma-separated")
+    parser.add_argument("--voices", default="en-us,en-us+f2", help="espeak-ng voices, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="times each question is asked (timing)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-voice-"))

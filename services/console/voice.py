@@ -194,7 +194,9 @@ class PocketsphinxRecognizer:
         from pocketsphinx import Decoder
 
         self._lock = threading.Lock()  # one decoder, one utterance at a time
-        self.decoder = Decoder(lm=None, samprate=16000, loglevel="FATAL")
+        # dither: synthetic and gated audio holds runs of exact zeros, whose log energy wrecks the features
+        # (measured: espeak-ng's default voice 65% of content words without it, 96% with it)
+        self.decoder = Decoder(lm=None, samprate=16000, loglevel="FATAL", dither=True)
         self.grammar = build_grammar(vocab, lambda w: self.decoder.lookup_word(w) is not None)
         self.decoder.add_jsgf_string("questions", self.grammar)
         self.decoder.activate_search("questions")

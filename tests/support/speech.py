@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 
-SPEAKER = "en-us+f2"  # the espeak-ng voice the recogniser hears best (bench/bench_voice.py compares voices)
+SPEAKER = "en-us"  # espeak-ng's default voice (bench/bench_voice.py compares it with another)
 
 
 def espeak_wav(text: str, voice: str = SPEAKER, words_per_minute: int = 150) -> bytes:

@@ -173,7 +173,9 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken(page) -> None:
     page.click("#talk")
     exchange = page.wait_for_selector(".exchange[data-channel='voice'][data-done='true']", timeout=45_000)
     heard = exchange.query_selector(".question-text").inner_text()
-    assert set(content_words(VOICE_QUESTION)) <= set(content_words(heard)), heard
+    # the content words, give or take an ending ("stop" heard as "stopped" is the same question to the advisor)
+    stems = {word[:4] for word in content_words(heard)}
+    assert {word[:4] for word in content_words(VOICE_QUESTION)} <= stems, heard
     assert len(exchange.query_selector(".answer").inner_text().split()) > 5
     audio = exchange.query_selector("audio.answer-audio")
     assert audio is not None, f"no answer audio: {exchange.inner_text()}"
