@@ -7,7 +7,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,console,notifier,dev
+EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,console,notifier,trainer,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: run test lint bench system-deps clean

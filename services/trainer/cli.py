@@ -31,9 +31,12 @@ def _history_source(spec: str, settings: TrainerSettings):  # type: ignore[no-un
     if spec == "topics":
         return lambda: history.read_topics(settings)
     folder = Path(spec)
-    return lambda: (history.read_jsonl(folder / "recommendations.jsonl") if (folder / "recommendations.jsonl")
-                    .exists() else [], history.read_jsonl(folder / "feedback.jsonl")
-                    if (folder / "feedback.jsonl").exists() else [])
+    return lambda: (
+        history.read_jsonl(folder / "recommendations.jsonl")
+        if (folder / "recommendations.jsonl").exists()
+        else [],
+        history.read_jsonl(folder / "feedback.jsonl") if (folder / "feedback.jsonl").exists() else [],
+    )
 
 
 def cmd_prepare(args: argparse.Namespace, settings: TrainerSettings) -> int:
@@ -45,29 +48,48 @@ def cmd_prepare(args: argparse.Namespace, settings: TrainerSettings) -> int:
         from services.trainer.extract import download_s3_prefix
 
         docs = str(download_s3_prefix(docs, Path(tempfile.mkdtemp(prefix="lineguard-docs-"))))
-    options = PrepareOptions(Path(docs), Path(args.out or settings.trainer_out),
-                             args.generator or settings.trainer_generator, args.per_section, args.test_share,
-                             history=_history_source(args.history or settings.trainer_history, settings))
+    options = PrepareOptions(
+        Path(docs),
+        Path(args.out or settings.trainer_out),
+        args.generator or settings.trainer_generator,
+        args.per_section,
+        args.test_share,
+        history=_history_source(args.history or settings.trainer_history, settings),
+    )
     plant = load_plant(settings.plant_file or default_plant_path())
-    result = Prepare(options, plant, lambda: make_generator(options.generator_name,
-                                                              settings.advisor_model_aliases)).run()
+    result = Prepare(
+        options, plant, lambda: make_generator(options.generator_name, settings.advisor_model_aliases)
+    ).run()
     card = result.card
-    print(json.dumps({"out": str(result.out), "dataset_id": card["dataset_id"], "ran": result.ran,
-                      "train": card["train"]["examples"], "test": card["test"]["examples"],
-                      "dropped": card["dropped_by_reason"], "skipped": len(card["files_skipped"]),
-                      "review": card["review_items"]}))
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "dataset_id": card["dataset_id"],
+                "ran": result.ran,
+                "train": card["train"]["examples"],
+                "test": card["test"]["examples"],
+                "dropped": card["dropped_by_reason"],
+                "skipped": len(card["files_skipped"]),
+                "review": card["review_items"],
+            }
+        )
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lineguard-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lineguard-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="build the dataset")
     p.add_argument("--docs", help="documents folder or s3:// prefix")
     p.add_argument("--out", help="output folder")
     p.add_argument("--generator", help="scripted or an advisor model alias")
-    p.add_argument("--history", help="none, topics, or a folder with recommendations.jsonl and feedback.jsonl")
+    p.add_argument(
+        "--history", help="none, topics, or a folder with recommendations.jsonl and feedback.jsonl"
+    )
     p.add_argument("--per-section", type=int, default=2)
     p.add_argument("--test-share", type=float, default=0.25)
     p.set_defaults(func=cmd_prepare)
@@ -84,10 +106,136 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainerSettings.from_env()
     try:
         return int(args.func(args, settings))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # RegistryError, JobFailed: a message, exit 2
         print(f"lineguard-train {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- registry, jobs ---------------------------------------------------------------------------------------------
+
+
+def _registry(args: argparse.Namespace, settings: TrainerSettings):  # type: ignore[no-untyped-def]
+    from lineguard.model_registry import Registry, open_store
+
+    return Registry(open_store(getattr(args, "registry", None) or settings.trainer_registry))
+
+
+def cmd_registry(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    print(json.dumps(_registry(args, settings).document(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    options = json.loads(args.options) if args.options else {}
+    entry = _registry(args, settings).register(
+        args.version, args.provider, args.model_id, dataset_id=args.dataset_id, artifact=args.artifact, options=options
+    )
+    print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    decision = _registry(args, settings).promote(args.alias, force=args.force)
+    print(json.dumps({"promoted": decision.promote, "reasons": decision.reasons}))
+    return 0 if decision.promote else 1
+
+
+def cmd_rollback(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    print(json.dumps({"production": _registry(args, settings).rollback()}))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    import boto3
+
+    from services.trainer import jobs
+
+    registry = _registry(args, settings)
+    if args.service == "bedrock":
+        record = jobs.bedrock_customization(
+            boto3.client("bedrock"),
+            job_name=args.job_name,
+            custom_model_name=args.model_name,
+            role_arn=args.role_arn,
+            base_model=args.base_model,
+            train_s3=f"{args.dataset_s3.rstrip('/')}/train.jsonl",
+            validation_s3=f"{args.dataset_s3.rstrip('/')}/test.jsonl",
+            output_s3=args.output_s3,
+            registry=registry,
+        )
+    else:
+        record = jobs.sagemaker_training(
+            boto3.client("sagemaker"),
+            job_name=args.job_name,
+            role_arn=args.role_arn,
+            image=args.image,
+            train_s3=f"{args.dataset_s3.rstrip('/')}/sagemaker/train.jsonl",
+            test_s3=f"{args.dataset_s3.rstrip('/')}/sagemaker/test.jsonl",
+            output_s3=args.output_s3,
+            registry=registry,
+        )
+    print(json.dumps(record.to_dict(), default=str))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    import boto3
+
+    from services.trainer import jobs
+
+    record = jobs.bedrock_import(
+        boto3.client("bedrock"),
+        job_name=args.job_name,
+        model_name=args.model_name,
+        role_arn=args.role_arn,
+        weights_s3=args.weights_s3,
+        version=args.version,
+        dataset_id=args.dataset_id,
+        registry=_registry(args, settings),
+    )
+    print(json.dumps(record.to_dict(), default=str))
+    return 0
+
+
+def _registry_commands(sub: Any) -> None:
+    for name, func, text in (
+        ("registry", cmd_registry, "print the registry"),
+        ("rollback", cmd_rollback, "production -> the previous production version"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--registry", help="file path or s3://bucket/key.json")
+        p.set_defaults(func=func)
+    p = sub.add_parser("promote", help="candidate -> production when it beats production safely")
+    p.add_argument("--registry")
+    p.add_argument("--alias", default="candidate")
+    p.add_argument("--force", action="store_true", help="promote even when the rules refuse (audited as forced)")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("register", help="add a model version (alias candidate)")
+    p.add_argument("--registry")
+    for flag in ("--version", "--provider", "--model-id"):
+        p.add_argument(flag, required=True)
+    for flag in ("--dataset-id", "--artifact", "--options"):
+        p.add_argument(flag)
+    p.set_defaults(func=cmd_register)
+    p = sub.add_parser("finetune", help="Bedrock model customization or a SageMaker training job")
+    p.add_argument("--registry")
+    p.add_argument("--service", choices=("bedrock", "sagemaker"), default="bedrock")
+    for flag in ("--job-name", "--role-arn", "--dataset-s3", "--output-s3"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--model-name", default="lineguard-advisor")
+    p.add_argument("--base-model", default="amazon.nova-micro-v1:0:128k")
+    p.add_argument("--image", help="SageMaker training image (sagemaker only)")
+    p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("import", help="Bedrock Custom Model Import of tuned weights -> a candidate version")
+    p.add_argument("--registry")
+    for flag in ("--job-name", "--model-name", "--role-arn", "--weights-s3", "--version"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--dataset-id")
+    p.set_defaults(func=cmd_import)
+
+
+EXTRA_COMMANDS.append(_registry_commands)

@@ -87,8 +87,10 @@ def extract_file(path: Path) -> tuple[list[SourceSection], Skipped | None]:
     sections = [s for s in sections if s.text.strip()]
     if not sections:
         return [], Skipped(str(path), "no sections with text")
-    return [SourceSection(s.doc_id, s.section, s.title, s.text, s.path, pages.get(s.section), suffix[1:])
-            for s in sections], None
+    return [
+        SourceSection(s.doc_id, s.section, s.title, s.text, s.path, pages.get(s.section), suffix[1:])
+        for s in sections
+    ], None
 
 
 def extract_folder(folder: str | Path) -> tuple[list[SourceSection], list[Skipped]]:
@@ -123,7 +125,7 @@ def download_s3_prefix(uri: str, target: Path, client: Any | None = None) -> Pat
     target.mkdir(parents=True, exist_ok=True)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            name = item["Key"][len(prefix):].lstrip("/")
+            name = item["Key"][len(prefix) :].lstrip("/")
             if not name or name.endswith("/"):
                 continue
             out = target / name

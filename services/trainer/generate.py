@@ -37,31 +37,78 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "category": {"type": "string", "enum": [c for c in CATEGORIES if c != "none"]},
         "severity": {"type": "string", "enum": list(SEVERITIES)},
         "root_cause": {"type": "string", "maxLength": 160},
-        "steps": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "maxLength": 160}},
-        "proposed_actions": {"type": "array", "maxItems": 2, "items": {"type": "object", "properties": {
-            "machine_entity_id": {"type": "string"}, "parameter": {"type": "string"},
-            "value": {"type": "number"}, "reason": {"type": "string", "maxLength": 160}},
-            "required": ["machine_entity_id", "parameter", "value", "reason"]}},
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"type": "string", "maxLength": 160},
+        },
+        "proposed_actions": {
+            "type": "array",
+            "maxItems": 2,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "machine_entity_id": {"type": "string"},
+                    "parameter": {"type": "string"},
+                    "value": {"type": "number"},
+                    "reason": {"type": "string", "maxLength": 160},
+                },
+                "required": ["machine_entity_id", "parameter", "value", "reason"],
+            },
+        },
         "references": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "string"}},
     },
-    "required": ["title", "summary", "category", "severity", "root_cause", "steps", "proposed_actions",
-                 "references"],
+    "required": [
+        "title",
+        "summary",
+        "category",
+        "severity",
+        "root_cause",
+        "steps",
+        "proposed_actions",
+        "references",
+    ],
 }
 
 
 def request_schema(section: SourceSection, per_section: int) -> dict[str, Any]:
-    answer = {**ANSWER_SCHEMA, "properties": {**ANSWER_SCHEMA["properties"], "references": {
-        "type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "enum": [section.key]}}}}
-    return {"type": "object", "properties": {"examples": {
-        "type": "array", "minItems": 1, "maxItems": per_section, "items": {
-            "type": "object", "properties": {"question": {"type": "string", "maxLength": 300}, "answer": answer},
-            "required": ["question", "answer"]}}}, "required": ["examples"]}
+    answer = {
+        **ANSWER_SCHEMA,
+        "properties": {
+            **ANSWER_SCHEMA["properties"],
+            "references": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {"type": "string", "enum": [section.key]},
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "examples": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": per_section,
+                "items": {
+                    "type": "object",
+                    "properties": {"question": {"type": "string", "maxLength": 300}, "answer": answer},
+                    "required": ["question", "answer"],
+                },
+            }
+        },
+        "required": ["examples"],
+    }
 
 
 def section_prompt(section: SourceSection, per_section: int) -> str:
     text = " ".join(section.text.split())
-    return (f"Section: {section.key}\nDocument: {section.title}\nHeading: {section.section}\nText: {text[:1500]}\n"
-            f"Write up to {per_section} examples.")
+    return (
+        f"Section: {section.key}\nDocument: {section.title}\nHeading: {section.section}\nText: {text[:1500]}\n"
+        f"Write up to {per_section} examples."
+    )
 
 
 # --- the scripted generator ---------------------------------------------------------------------------------
@@ -109,15 +156,27 @@ def scripted_answer(request: ModelRequest) -> dict[str, Any]:
     if not said:
         return {"examples": []}
     category = guess_category(section)
-    severity = {"process_deviation": "major", "equipment_fault": "major", "quality": "major"}.get(category, "warning")
+    severity = {"process_deviation": "major", "equipment_fault": "major", "quality": "major"}.get(
+        category, "warning"
+    )
     subject = re.sub(r"^[A-Z]?\d+\.?\s*", "", heading).strip() or section.title
     symptom = re.search(r"symptom: ([^;]+)", text)
-    question = (f"Line 1 shows {symptom.group(1)}. What should the operator do?" if symptom else
-                f"Line 1, {section.title.lower()}: what does the procedure say about {subject.lower()}?")
+    question = (
+        f"Line 1 shows {symptom.group(1)}. What should the operator do?"
+        if symptom
+        else f"Line 1, {section.title.lower()}: what does the procedure say about {subject.lower()}?"
+    )
     cause = next((s for s in said if re.search(r"cause|because|means|shows", s, re.I)), said[0])
-    answer = {"title": f"{section.title}: {subject}"[:90], "summary": said[0][:200], "category": category,
-              "severity": severity, "root_cause": cause[:160], "steps": said[1:4] or said[:1],
-              "proposed_actions": [], "references": [key]}
+    answer = {
+        "title": f"{section.title}: {subject}"[:90],
+        "summary": said[0][:200],
+        "category": category,
+        "severity": severity,
+        "root_cause": cause[:160],
+        "steps": said[1:4] or said[:1],
+        "proposed_actions": [],
+        "references": [key],
+    }
     return {"examples": [{"question": question, "answer": answer}]}
 
 
@@ -131,11 +190,17 @@ def make_generator(name: str, aliases: str | None = None) -> ModelProvider:
     return create_provider(table[name])
 
 
-def generate_for_section(provider: ModelProvider, section: SourceSection, per_section: int = 2,
-                         max_tokens: int = 900) -> tuple[list[dict[str, Any]], str | None]:
+def generate_for_section(
+    provider: ModelProvider, section: SourceSection, per_section: int = 2, max_tokens: int = 900
+) -> tuple[list[dict[str, Any]], str | None]:
     """(candidate examples, an error when the model failed or wrote nothing usable)."""
-    request = ModelRequest(SYSTEM, section_prompt(section, per_section), request_schema(section, per_section),
-                           tool_name=TOOL, max_tokens=max_tokens)
+    request = ModelRequest(
+        SYSTEM,
+        section_prompt(section, per_section),
+        request_schema(section, per_section),
+        tool_name=TOOL,
+        max_tokens=max_tokens,
+    )
     try:
         response = asyncio.run(provider.generate(request))
     except Exception as exc:  # noqa: BLE001 - ModelError or a provider bug: this section is reported, not fatal
@@ -146,8 +211,17 @@ def generate_for_section(provider: ModelProvider, section: SourceSection, per_se
     out = []
     for number, example in enumerate(examples[:per_section]):
         if isinstance(example, dict):
-            out.append({"id": f"sop:{section.key}:{number}", "source": "sop", "group": section.key,
-                        "doc_id": section.doc_id, "section": section.section, "page": section.page,
-                        "question": example.get("question"), "answer": example.get("answer"),
-                        "generator": response.model})
+            out.append(
+                {
+                    "id": f"sop:{section.key}:{number}",
+                    "source": "sop",
+                    "group": section.key,
+                    "doc_id": section.doc_id,
+                    "section": section.section,
+                    "page": section.page,
+                    "question": example.get("question"),
+                    "answer": example.get("answer"),
+                    "generator": response.model,
+                }
+            )
     return out, None

@@ -68,7 +68,9 @@ class PrepareResult:
 
 
 class Prepare:
-    def __init__(self, options: PrepareOptions, plant: PlantModel, generator: Callable[[], ModelProvider]) -> None:
+    def __init__(
+        self, options: PrepareOptions, plant: PlantModel, generator: Callable[[], ModelProvider]
+    ) -> None:
         self.o = options
         self.plant = plant
         self._generator_factory = generator
@@ -86,7 +88,9 @@ class Prepare:
         result = run()
         write_atomic(output, json.dumps(result, sort_keys=True, ensure_ascii=False))
         if isinstance(result, dict) and result.get("errors"):
-            marker.unlink(missing_ok=True)  # incomplete (a model call failed): the next run retries what failed
+            marker.unlink(
+                missing_ok=True
+            )  # incomplete (a model call failed): the next run retries what failed
         else:
             write_atomic(marker, json.dumps({"fingerprint": fingerprint, "output": digest(result)}))
         self.ran.append(name)
@@ -101,34 +105,67 @@ class Prepare:
     # --- the stages ---------------------------------------------------------------------------------------
 
     def run(self) -> PrepareResult:
-        files = sorted((str(p.relative_to(self.o.docs)), p.stat().st_size, p.stat().st_mtime_ns)
-                       for p in self.o.docs.rglob("*") if p.is_file()) if self.o.docs.is_dir() else []
+        files = (
+            sorted(
+                (str(p.relative_to(self.o.docs)), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in self.o.docs.rglob("*")
+                if p.is_file()
+            )
+            if self.o.docs.is_dir()
+            else []
+        )
         extracted = self._stage("extract", {"docs": str(self.o.docs), "files": files}, self._extract)
-        sections = {s["doc_id"] + "#" + s["section"]: SourceSection.from_dict(s) for s in extracted["sections"]}
-        generated = self._stage("generate", {"sections": digest(extracted["sections"]),
-                                             "generator": self.o.generator_name, "n": self.o.per_section},
-                                lambda: self._generate(list(sections.values())))
-        validated = self._stage("validate", {"candidates": digest(generated)},
-                                lambda: self._validate(generated["candidates"], sections))
+        sections = {
+            s["doc_id"] + "#" + s["section"]: SourceSection.from_dict(s) for s in extracted["sections"]
+        }
+        generated = self._stage(
+            "generate",
+            {
+                "sections": digest(extracted["sections"]),
+                "generator": self.o.generator_name,
+                "n": self.o.per_section,
+            },
+            lambda: self._generate(list(sections.values())),
+        )
+        validated = self._stage(
+            "validate",
+            {"candidates": digest(generated)},
+            lambda: self._validate(generated["candidates"], sections),
+        )
         recs, feedback = self.o.history() if self.o.history else ([], [])
-        history = self._stage("history", {"recs": digest(recs), "feedback": digest(feedback),
-                                          "sections": digest(sorted(sections))},
-                              lambda: self._history(recs, feedback, sections))
+        history = self._stage(
+            "history",
+            {"recs": digest(recs), "feedback": digest(feedback), "sections": digest(sorted(sections))},
+            lambda: self._history(recs, feedback, sections),
+        )
         examples = validated["kept"] + history["examples"]
-        splits = self._stage("split", {"examples": digest(examples), "share": self.o.test_share, "seed": self.o.seed},
-                             lambda: dict(zip(("train", "test"), dataset.split(examples, self.o.test_share,
-                                                                                  self.o.seed), strict=True)))
-        card = self._stage("publish", {"splits": digest(splits), "history": digest(history),
-                                       "extracted": digest(extracted), "validated": digest(validated)},
-                           lambda: self._publish(extracted, generated, validated, history, splits))
+        splits = self._stage(
+            "split",
+            {"examples": digest(examples), "share": self.o.test_share, "seed": self.o.seed},
+            lambda: dict(
+                zip(("train", "test"), dataset.split(examples, self.o.test_share, self.o.seed), strict=True)
+            ),
+        )
+        card = self._stage(
+            "publish",
+            {
+                "splits": digest(splits),
+                "history": digest(history),
+                "extracted": digest(extracted),
+                "validated": digest(validated),
+            },
+            lambda: self._publish(extracted, generated, validated, history, splits),
+        )
         return PrepareResult(self.o.out, card, list(self.ran))
 
     def _extract(self) -> dict[str, Any]:
         sections, skipped = extract_folder(self.o.docs)
         for item in skipped:
             event(log, "document_skipped", level=logging.WARNING, path=item.path, reason=item.reason)
-        return {"sections": [s.to_dict() for s in sections],
-                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+        return {
+            "sections": [s.to_dict() for s in sections],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+        }
 
     def _generate(self, sections: list[SourceSection]) -> dict[str, Any]:
         cache = self.o.out / "work" / "generate"
@@ -148,33 +185,56 @@ class Prepare:
                 errors.append({"section": section.key, "error": found["error"]})
         return {"candidates": candidates, "errors": errors}
 
-    def _validate(self, candidates: list[dict[str, Any]], sections: dict[str, SourceSection]) -> dict[str, Any]:
+    def _validate(
+        self, candidates: list[dict[str, Any]], sections: dict[str, SourceSection]
+    ) -> dict[str, Any]:
         kept, dropped = [], []
         for example in candidates:
             errors = check_example(example, sections, self.plant)
             if errors:
-                dropped.append({"id": example.get("id"), "source": "sop", "group": example.get("group"),
-                                "reason": reason_class(errors[0]), "reasons": errors})
+                dropped.append(
+                    {
+                        "id": example.get("id"),
+                        "source": "sop",
+                        "group": example.get("group"),
+                        "reason": reason_class(errors[0]),
+                        "reasons": errors,
+                    }
+                )
             else:
                 kept.append(example)
         return {"kept": kept, "dropped": dropped}
 
-    def _history(self, recs: list[dict[str, Any]], feedback: list[dict[str, Any]],
-                 sections: dict[str, SourceSection]) -> dict[str, Any]:
+    def _history(
+        self, recs: list[dict[str, Any]], feedback: list[dict[str, Any]], sections: dict[str, SourceSection]
+    ) -> dict[str, Any]:
         examples, review, dropped = history_examples(recs, feedback)
         kept = []
         for example in examples:
             # the operators' vote stands in for textual support; citations, prose and safety are still checked
             errors = check_example(example, sections, self.plant, check_support=False)
             if errors:
-                dropped.append({"id": example["id"], "source": "history", "group": example["group"],
-                                "reason": reason_class(errors[0]), "reasons": errors})
+                dropped.append(
+                    {
+                        "id": example["id"],
+                        "source": "history",
+                        "group": example["group"],
+                        "reason": reason_class(errors[0]),
+                        "reasons": errors,
+                    }
+                )
             else:
                 kept.append(example)
         return {"examples": kept, "review": review, "dropped": dropped}
 
-    def _publish(self, extracted: dict[str, Any], generated: dict[str, Any], validated: dict[str, Any],
-                 history: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
+    def _publish(
+        self,
+        extracted: dict[str, Any],
+        generated: dict[str, Any],
+        validated: dict[str, Any],
+        history: dict[str, Any],
+        splits: dict[str, Any],
+    ) -> dict[str, Any]:
         train, test = splits["train"], splits["test"]
         files = {
             "train.jsonl": dataset.dumps_lines([dataset.bedrock_record(e) for e in train]),
@@ -187,12 +247,23 @@ class Prepare:
             "review.jsonl": dataset.dumps_lines(history["review"]),
         }
         dataset_id = "ds-" + digest([files["train.jsonl"], files["test.jsonl"]])[:12]
-        candidates = generated["candidates"] + history["examples"] + [
-            d for d in history["dropped"] if d.get("source") == "history"]
+        candidates = (
+            generated["candidates"]
+            + history["examples"]
+            + [d for d in history["dropped"] if d.get("source") == "history"]
+        )
         card = dataset.data_card(
-            sections=len(extracted["sections"]), skipped=extracted["skipped"], candidates=candidates,
-            dropped=validated["dropped"] + history["dropped"], train=train, test=test, review=history["review"],
-            generator=self.o.generator_name, dataset_id=dataset_id, section_errors=generated["errors"])
+            sections=len(extracted["sections"]),
+            skipped=extracted["skipped"],
+            candidates=candidates,
+            dropped=validated["dropped"] + history["dropped"],
+            train=train,
+            test=test,
+            review=history["review"],
+            generator=self.o.generator_name,
+            dataset_id=dataset_id,
+            section_errors=generated["errors"],
+        )
         for name, text in files.items():
             write_atomic(self.o.out / name, text)
         write_atomic(self.o.out / "data_card.json", json.dumps(card, indent=2, sort_keys=True))

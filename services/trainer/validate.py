@@ -20,8 +20,16 @@ from services.advisor.retrieval import tokenize
 from services.trainer.extract import SourceSection
 
 SUPPORT_SHARE = 0.6  # share of a text's content words that must occur in the cited sections
-FIELDS = (("title", str), ("summary", str), ("category", str), ("severity", str), ("root_cause", str),
-          ("steps", list), ("proposed_actions", list), ("references", list))
+FIELDS = (
+    ("title", str),
+    ("summary", str),
+    ("category", str),
+    ("severity", str),
+    ("root_cause", str),
+    ("steps", list),
+    ("proposed_actions", list),
+    ("references", list),
+)
 
 
 def _supported(text: str, vocabulary: set[str]) -> bool:
@@ -30,12 +38,21 @@ def _supported(text: str, vocabulary: set[str]) -> bool:
 
 
 def _setpoints(plant: PlantModel) -> dict[tuple[str, str], Any]:
-    return {(m.machine_entity_id if hasattr(m, "machine_entity_id") else f"urn:ngsi-ld:Machine:{m.line_id}-{m.id}",
-             name): sp for m in plant.machines() for name, sp in m.setpoints.items()}
+    return {
+        (
+            m.machine_entity_id
+            if hasattr(m, "machine_entity_id")
+            else f"urn:ngsi-ld:Machine:{m.line_id}-{m.id}",
+            name,
+        ): sp
+        for m in plant.machines()
+        for name, sp in m.setpoints.items()
+    }
 
 
-def check_example(example: dict[str, Any], sections: dict[str, SourceSection], plant: PlantModel,
-                  check_support: bool = True) -> list[str]:
+def check_example(
+    example: dict[str, Any], sections: dict[str, SourceSection], plant: PlantModel, check_support: bool = True
+) -> list[str]:
     """Why `example` must not enter a dataset; empty when it may."""
     answer = example.get("answer")
     question = example.get("question")
@@ -43,7 +60,11 @@ def check_example(example: dict[str, Any], sections: dict[str, SourceSection], p
         return ["question missing or too short"]
     if not isinstance(answer, dict):
         return ["answer is not an object"]
-    errors = [f"{key} missing or not a {kind.__name__}" for key, kind in FIELDS if not isinstance(answer.get(key), kind)]
+    errors = [
+        f"{key} missing or not a {kind.__name__}"
+        for key, kind in FIELDS
+        if not isinstance(answer.get(key), kind)
+    ]
     if errors:
         return errors
     if answer["category"] not in CATEGORIES:
@@ -53,15 +74,21 @@ def check_example(example: dict[str, Any], sections: dict[str, SourceSection], p
     if not answer["steps"] or not all(isinstance(s, str) for s in answer["steps"]):
         errors.append("steps must be a non-empty list of texts")
         return errors
-    for what, text in (("title", answer["title"]), ("summary", answer["summary"]),
-                       ("root cause", answer["root_cause"]), *(("a step", s) for s in answer["steps"])):
+    for what, text in (
+        ("title", answer["title"]),
+        ("summary", answer["summary"]),
+        ("root cause", answer["root_cause"]),
+        *(("a step", s) for s in answer["steps"]),
+    ):
         problem = prose_problem(text, what)
         if problem:
             errors.append("not prose: " + problem)
     cited = [sections.get(ref) for ref in answer["references"] if isinstance(ref, str)]
     if not answer["references"] or None in cited:
         missing = [r for r in answer["references"] if r not in sections]
-        errors.append(f"cites a section that does not exist: {missing[:2]}" if missing else "cites no section")
+        errors.append(
+            f"cites a section that does not exist: {missing[:2]}" if missing else "cites no section"
+        )
         return errors
     own = example.get("group")
     if example.get("source") == "sop" and own not in answer["references"]:
@@ -82,8 +109,10 @@ def check_example(example: dict[str, Any], sections: dict[str, SourceSection], p
         setpoint = limits.get((action.get("machine_entity_id"), action.get("parameter")))  # type: ignore[arg-type]
         value = action.get("value")
         if setpoint is None:
-            errors.append(f"unsafe: {action.get('parameter')!r} on {action.get('machine_entity_id')!r} is not a "
-                          "setpoint of the plant")
+            errors.append(
+                f"unsafe: {action.get('parameter')!r} on {action.get('machine_entity_id')!r} is not a "
+                "setpoint of the plant"
+            )
         elif isinstance(value, bool) or not isinstance(value, int | float):
             errors.append(f"unsafe: action value {value!r} is not a number")
         elif why := setpoint.check(float(value), setpoint.default):
@@ -95,21 +124,38 @@ def check_example(example: dict[str, Any], sections: dict[str, SourceSection], p
 
 def reason_class(error: str) -> str:
     """A short, countable reason for the data card."""
-    for prefix in ("unsafe", "unsupported", "not prose", "cites", "unknown category", "unknown severity",
-                   "question", "answer", "does not cite"):
+    for prefix in (
+        "unsafe",
+        "unsupported",
+        "not prose",
+        "cites",
+        "unknown category",
+        "unknown severity",
+        "question",
+        "answer",
+        "does not cite",
+    ):
         if error.startswith(prefix):
             return prefix
     return error.split(" ", 1)[0]
 
 
-def validate_all(candidates: Iterable[dict[str, Any]], sections: dict[str, SourceSection], plant: PlantModel
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def validate_all(
+    candidates: Iterable[dict[str, Any]], sections: dict[str, SourceSection], plant: PlantModel
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     kept, dropped = [], []
     for example in candidates:
         errors = check_example(example, sections, plant)
         if errors:
-            dropped.append({"id": example.get("id"), "source": example.get("source"), "group": example.get("group"),
-                            "reasons": errors, "reason": reason_class(errors[0])})
+            dropped.append(
+                {
+                    "id": example.get("id"),
+                    "source": example.get("source"),
+                    "group": example.get("group"),
+                    "reasons": errors,
+                    "reason": reason_class(errors[0]),
+                }
+            )
         else:
             kept.append(example)
     return kept, dropped
