@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from lineguard import telemetry
+from lineguard import telemetry, topics
 from lineguard.avro import SerdeError
 from lineguard.catalog import DLQ_SUFFIX
 from lineguard.kafka import Producer, error_headers
@@ -28,8 +28,8 @@ from lineguard.settings import Settings
 
 log = get_logger(__name__)
 
-READINGS = "raw.telemetry.v1"
-ALARMS = "raw.alarms.v1"
+READINGS = topics.RAW_TELEMETRY
+ALARMS = topics.RAW_ALARMS
 DEAD_LETTERS = READINGS + DLQ_SUFFIX
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lineguard import topics
 from lineguard.kafka import Output, Record
 from lineguard.logs import event, get_logger
 from lineguard.plant import Machine, PlantModel, Sensor
@@ -26,12 +27,12 @@ from services.normalizer.units import Conversion, ImpossibleValueError, UnitErro
 
 log = get_logger(__name__)
 
-RAW_TELEMETRY = "raw.telemetry.v1"
-RAW_ALARMS = "raw.alarms.v1"
-RAW_INSPECTIONS = "raw.inspections.v1"
-OBSERVATIONS = "line.observations.v1"
-ALARMS = "line.alarms.v1"
-INSPECTIONS = "line.inspections.v1"
+RAW_TELEMETRY = topics.RAW_TELEMETRY
+RAW_ALARMS = topics.RAW_ALARMS
+RAW_INSPECTIONS = topics.RAW_INSPECTIONS
+OBSERVATIONS = topics.LINE_OBSERVATIONS
+ALARMS = topics.LINE_ALARMS
+INSPECTIONS = topics.LINE_INSPECTIONS
 
 # input topic -> (kind, output topic); the kind names the lake table and the metric label.
 ROUTES: dict[str, tuple[str, str]] = {

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from lineguard import topics
 from services.vision.detector import Detection
 
-TOPIC = "raw.inspections.v1"
+TOPIC = topics.RAW_INSPECTIONS
 _ID_NAMESPACE = uuid.UUID("5b0f3a52-6c1e-4e59-9d7c-3f1c2b8a9e10")
 
 
