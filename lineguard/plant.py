@@ -479,3 +479,78 @@ def _parse_machine(check: _Checker, raw: Any, mpath: str, line_id: str) -> Machi
 
 def default_plant_path() -> Path:
     return Path(__file__).resolve().parent.parent / "examples" / "cookie-line" / "plant.yaml"
+
+
+# --- a plant of many lines (tests, benchmarks, `--lines N`) ------------------------------------------------
+
+
+def _line_device(device: str, ref_id: str, line_id: str, index: int) -> str:
+    """The reference line's device id, made unique for line `index` (1-based; line 1 keeps its own)."""
+    if index == 1:
+        return device
+    if device.startswith(f"{ref_id}-"):
+        return f"{line_id}-{device[len(ref_id) + 1:]}"
+    if len(device) == 16 and all(c in "0123456789abcdefABCDEF" for c in device):  # a LoRaWAN DevEUI
+        return f"{(int(device, 16) + index - 1) % (1 << 64):016x}"
+    return f"{device}-{line_id}"
+
+
+def replicate_lines(text: str, lines: int) -> str:
+    """The plant model (YAML text) with `lines` lines line1..lineN, each a copy of the first (reference) line:
+    its own machines and device ids, controller `<line>-controller` on the reference API port + (index - 1).
+    Deterministic, so every process that generates it from the same file gets the same plant."""
+    import copy
+    from urllib.parse import urlsplit, urlunsplit
+
+    if lines < 1:
+        raise PlantModelError(f"--lines: expected at least 1, got {lines}")
+    doc = yaml.safe_load(text)
+    if not isinstance(doc, dict) or not doc.get("lines"):
+        raise PlantModelError("the plant model has no line to replicate")
+    ref = doc["lines"][0]
+    ref_id = str(ref["id"])
+    out = []
+    for index in range(1, lines + 1):
+        line_id = f"line{index}"
+        line = copy.deepcopy(ref)
+        line["id"] = line_id
+        name = str(ref.get("name", ref_id))
+        line["name"] = name[:-1] + str(index) if name.endswith(" 1") else f"{name} ({line_id})"
+        controller = line.get("controller")
+        if isinstance(controller, dict):
+            controller["id"] = f"{line_id}-controller"
+            api = controller.get("api")
+            if api and index > 1:
+                parts = urlsplit(api)
+                if parts.port:
+                    host = parts.netloc.rsplit(":", 1)[0]
+                    controller["api"] = urlunsplit(parts._replace(netloc=f"{host}:{parts.port + index - 1}"))
+        for machine in line.get("machines") or []:
+            for sensor in machine.get("sensors") or []:
+                if sensor.get("device"):
+                    sensor["device"] = _line_device(str(sensor["device"]), ref_id, line_id, index)
+        out.append(line)
+    doc["lines"] = out
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def load_plant_lines(path: str | Path, lines: int | None = None) -> PlantModel:
+    """The plant model at `path`; with `lines`, that many lines generated from its first line."""
+    if lines is None:
+        return load_plant(path)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlantModelError(f"{path}: cannot read the plant model: {exc.strerror}") from exc
+    return parse_plant(replicate_lines(text, lines), source=f"{path} x{lines} lines")
+
+
+def write_plant_lines(source: str | Path, lines: int, dest: str | Path) -> Path:
+    """Write the generated plant of `lines` lines to `dest` (validated first), for services that read a file."""
+    text = replicate_lines(Path(source).read_text(), lines)
+    parse_plant(text, source=str(dest))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(f"# Generated from {source}: {lines} lines, each a copy of its first line.\n{text}")
+    return dest

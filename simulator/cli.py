@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lineguard.logs import event, setup_logging
-from lineguard.plant import PlantModelError, default_plant_path, load_plant
+from lineguard.plant import PlantModelError, default_plant_path, load_plant, load_plant_lines
 
 log = logging.getLogger("simulator.cli")
 DEV_TOKEN = "lineguard-dev-token"
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plant", type=Path, default=Path(_env("LINEGUARD_PLANT_FILE", str(default_plant_path()))),
                    help="plant model YAML [LINEGUARD_PLANT_FILE]")
     g.add_argument("--line", default=_env("LINEGUARD_SIM_LINE"), help="line id; default the first line")
+    g.add_argument("--lines", type=int, default=int(_env("LINEGUARD_SIM_LINES", "0")),
+                   help="run N lines line1..lineN, generated from the plant model's first line (each its own "
+                        "devices, control API on the reference port + index - 1, seed + index - 1); 0 = one "
+                        "line [LINEGUARD_SIM_LINES]")
+    g.add_argument("--line-scenario", action="append", default=[], metavar="LINE=SCENARIO",
+                   help="with --lines: the scenario of one line (repeatable); --scenario applies to line1, "
+                        "the other lines run normal_run")
     g.add_argument("--truth", type=Path, default=Path(_env("LINEGUARD_SIM_TRUTH", "var/sim/ground-truth.jsonl")),
                    help="ground truth JSON-lines log (appended) [LINEGUARD_SIM_TRUTH]")
     g.add_argument("--batch-period", type=float, default=float(_env("LINEGUARD_SIM_BATCH_PERIOD_S", "300")),
@@ -119,7 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run_simulation(args: argparse.Namespace) -> int:
+def _line_scenarios(args: argparse.Namespace, line_ids: list[str]) -> dict[str, str]:
+    """Which scenario each line runs: --scenario on line1 (or --line), normal_run elsewhere, --line-scenario wins."""
+    chosen = {line: "normal_run" for line in line_ids}
+    chosen[args.line or line_ids[0]] = args.scenario
+    for item in args.line_scenario:
+        line, sep, name = item.partition("=")
+        if not sep or line not in chosen:
+            raise ValueError(f"--line-scenario: expected LINE=SCENARIO with LINE one of line1..line{len(line_ids)}, "
+                             f"got {item!r}")
+        chosen[line] = name
+    return chosen
+
+
+async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_name: str, index: int,
+                      token: str) -> tuple[Any, Any, list[Any], Any]:
+    """One line's simulation, control API and emitters: (runner, API runner, closers, ground truth log)."""
     from simulator.clock import SimClock
     from simulator.control_api import start_control_api
     from simulator.emitters import CookieHooks, Runner, camera_hook
@@ -130,25 +152,20 @@ async def run_simulation(args: argparse.Namespace) -> int:
     from simulator.scenarios import load_scenario
     from simulator.sftp import SftpEmitter
 
-    plant = load_plant(args.plant)
-    line = plant.lines[args.line] if args.line else next(iter(plant.lines.values()))
-    scenario = load_scenario(args.scenario, line)
+    first = index == 1
+    scenario = load_scenario(scenario_name, line)
     start = datetime.fromisoformat(args.start) if args.start else None
     clock = SimClock(start, speed=args.speed)
-    truth = GroundTruthLog(args.truth)
-    sim = CookieLine(plant, line.id, seed=args.seed, clock=clock, scenario=scenario, ground_truth=truth,
+    truth_path = args.truth if first else args.truth.with_name(f"{args.truth.stem}.{line.id}{args.truth.suffix}")
+    truth = GroundTruthLog(truth_path)
+    sim = CookieLine(plant, line.id, seed=args.seed + index - 1, clock=clock, scenario=scenario, ground_truth=truth,
                      batch_period_s=args.batch_period)
 
-    token = os.environ.get("LINEGUARD_CONTROL_API_TOKEN", "")
-    if not token:
-        token = DEV_TOKEN
-        event(log, "control_api_dev_token", logging.WARNING,
-              hint="LINEGUARD_CONTROL_API_TOKEN is not set; using the documented development token")
-    api_port = args.api_port
+    api_port = args.api_port + index - 1 if args.api_port is not None else None
     if api_port is None:
         api_port = urlsplit(line.controller_api).port if line.controller_api else None
     api_runner, bound_api = await start_control_api(sim, token, args.api_host,
-                                                    int(api_port) if api_port is not None else 8090)
+                                                    int(api_port) if api_port is not None else 8090 + index - 1)
 
     emitters: list[Any] = []
     mqtt_host, mqtt_port = _host_port(args.mqtt, 1883)
@@ -161,39 +178,69 @@ async def run_simulation(args: argparse.Namespace) -> int:
     if args.chirpstack_url or args.tts_url:
         emitters.append(LoRaWANWebhookEmitter(
             args.chirpstack_url, args.tts_url, args.lorawan_interval,
+            device_name="hall-env-1" if first else f"hall-env-{line.id}",
             chirpstack_headers={"X-Lineguard-Secret": args.chirpstack_secret} if args.chirpstack_secret else None,
             tts_headers={"X-Lineguard-Secret": args.tts_secret} if args.tts_secret else None))
     if not args.no_sftp:
+        # One SFTP server (line1's) serves every line's reports: the file names carry the line's batch ids.
         password = os.environ.get("LINEGUARD_SIM_SFTP_PASSWORD") or DEV_SFTP_PASSWORD
-        emitters.append(SftpEmitter(args.sftp_dir, args.sftp_host, None if args.sftp_port < 0 else args.sftp_port,
-                                    {args.sftp_user: password}, args.sftp_authorized_keys, args.sftp_host_key))
-    camera_closer = None
-    if args.camera_url:
+        port = None if args.sftp_port < 0 or not first else args.sftp_port
+        emitters.append(SftpEmitter(args.sftp_dir, args.sftp_host, port, {args.sftp_user: password},
+                                    args.sftp_authorized_keys, args.sftp_host_key))
+    closers: list[Any] = []
+    if args.camera_url and first:  # images for line1 only: a camera per line would swamp one vision worker
         made = camera_hook(args.camera_url, sim, args.camera_size)
         if made:
             hook, camera_closer = made
             emitters.append(CookieHooks([hook]))
+            closers.append(camera_closer)
 
-    event(log, "simulation_started", scenario=scenario.name, speed=args.speed, seed=args.seed, line=line.id,
+    event(log, "simulation_started", scenario=scenario.name, speed=args.speed, seed=sim.seed, line=line.id,
           start=clock.iso(0.0), control_api=f"http://{args.api_host}:{bound_api}", mqtt=args.mqtt,
-          emitters=[e.name for e in emitters], ground_truth=str(args.truth))
-
+          emitters=[e.name for e in emitters], ground_truth=str(truth_path))
     runner = Runner(sim, emitters)
+    return runner, api_runner, closers, truth
+
+
+async def run_simulation(args: argparse.Namespace) -> int:
+    if args.lines:
+        plant = load_plant_lines(args.plant, args.lines)
+        lines = list(plant.lines.values())
+    else:
+        plant = load_plant(args.plant)
+        lines = [plant.lines[args.line] if args.line else next(iter(plant.lines.values()))]
+    scenarios = _line_scenarios(args, [line.id for line in lines])
+
+    token = os.environ.get("LINEGUARD_CONTROL_API_TOKEN", "")
+    if not token:
+        token = DEV_TOKEN
+        event(log, "control_api_dev_token", logging.WARNING,
+              hint="LINEGUARD_CONTROL_API_TOKEN is not set; using the documented development token")
+
+    started: list[tuple[Any, Any, list[Any], Any]] = []
+    stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, runner.stop_event.set)
+            loop.add_signal_handler(signum, stop_event.set)
     try:
-        await runner.start()
-        await runner.run(args.duration or None)
+        for index, line in enumerate(lines, start=1):
+            started.append(await _start_line(args, plant, line, scenarios[line.id], index, token))
+            runner = started[-1][0]
+            runner.stop_event = stop_event  # one stop for every line
+            await runner.start()
+        await asyncio.gather(*(runner.run(args.duration or None) for runner, *_ in started))
     finally:
-        await runner.stop()
-        if camera_closer is not None:
-            await camera_closer.close()  # type: ignore[attr-defined]
-        await api_runner.cleanup()
-        truth.write("run_ended", sim.now_s, clock.iso(), counters=dict(sim.counters))
-        truth.close()
-        event(log, "simulation_stopped", sim_time=clock.iso(), sim_seconds=round(sim.now_s), counters=sim.counters)
+        for runner, api_runner, closers, truth in reversed(started):
+            sim = runner.sim
+            await runner.stop()
+            for closer in closers:
+                await closer.close()
+            await api_runner.cleanup()
+            truth.write("run_ended", sim.now_s, sim.clock.iso(), counters=dict(sim.counters))
+            truth.close()
+            event(log, "simulation_stopped", line=sim.line.id, sim_time=sim.clock.iso(), sim_seconds=round(sim.now_s),
+                  counters=sim.counters)
     return 0
 
 

@@ -82,6 +82,7 @@ class LoRaWANWebhookEmitter:
         self.chirpstack_headers, self.tts_headers = chirpstack_headers or {}, tts_headers or {}
         self.machine_id, self.application, self.device_name = machine_id, application, device_name
         self.dev_eui = ""
+        self.line_id = "line1"
         self.f_cnt = 0
         self.session: aiohttp.ClientSession | None = None
         self.rng = np.random.default_rng(0)
@@ -94,6 +95,7 @@ class LoRaWANWebhookEmitter:
         if len(devices) != 1:
             raise ValueError(f"{self.machine_id}: expected one LoRaWAN device for its sensors, got {sorted(devices)}")
         self.dev_eui = devices.pop().lower()
+        self.line_id = sim.line.id
         self.rng = np.random.default_rng((sim.seed, 0x10))
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         self._next_s = sim.now_s + self.interval_s
@@ -123,7 +125,7 @@ class LoRaWANWebhookEmitter:
                 "applicationId": APPLICATION_ID, "applicationName": self.application,
                 "deviceProfileId": DEVICE_PROFILE_ID, "deviceProfileName": "hall-environment-v1",
                 "deviceName": self.device_name, "devEui": self.dev_eui, "deviceClassEnabled": "CLASS_A",
-                "tags": {"line": "line1"},
+                "tags": {"line": self.line_id},
             },
             "devAddr": DEV_ADDR,
             "adr": True,
