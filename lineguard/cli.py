@@ -44,7 +44,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging("lineguard", settings.log_level)
     return up(settings, kafka_port=args.kafka_port, mqtt_port=args.mqtt_port, scenario=args.scenario,
-              speed=args.speed, with_simulator=not args.no_simulator, ready_timeout=args.ready_timeout)
+              speed=args.speed, with_simulator=not args.no_simulator, ready_timeout=args.ready_timeout,
+              lines=args.lines, workers=args.workers)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="normal_run", help="simulator scenario (default: normal_run)")
     p.add_argument("--speed", type=float, default=1.0, help="simulator clock speed (default: 1 = real time)")
     p.add_argument("--no-simulator", action="store_true", help="start the platform without the simulated line")
+    p.add_argument("--lines", type=int, default=0,
+                   help="a plant of N lines generated from the plant model's first line (services and simulator)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes of each consumer service (normalizer, advisor) in one group, ports +100 each")
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.set_defaults(func=cmd_up)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker
+from lineguard.catalog import Catalog, admin_client, bootstrap_topics, load_catalog, wait_for_broker
 from lineguard.settings import Settings, read_dotenv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,10 @@ SERVICE_PORTS: dict[str, int] = {
     "console": 8087,
 }
 SIMULATOR_PORT = 8090
+# Consumer services that `up --workers N` runs N processes of, in one consumer group (as Kubernetes replicas).
+# Ingest stays one: it holds the MQTT session. Worker i (from 0) serves HTTP on its port + WORKER_PORT_STEP * i.
+SCALABLE_SERVICES = ("normalizer", "advisor")
+WORKER_PORT_STEP = 100
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
 
 
@@ -233,9 +237,29 @@ def simulator_available() -> bool:
     return (ROOT / "simulator" / "cli.py").is_file()
 
 
+def worker_cap(catalog: Catalog, name: str) -> int:
+    """The most workers of a service that all get partitions: the fewest partitions of a topic it consumes (the
+    range assignor gives partition p of every topic to one worker, so more workers than that sit idle)."""
+    counts = [t.partitions for t in catalog.topics.values() if name in t.consumers and not t.is_dlq]
+    return min(counts) if counts else 1
+
+
+def service_children(name: str, env: dict[str, str], workers: int = 1) -> list[Child]:
+    """The processes of one service: `workers` of a scalable consumer service (one group, a port each), else one."""
+    count = max(1, workers) if name in SCALABLE_SERVICES else 1
+    children = []
+    for i in range(count):
+        port = SERVICE_PORTS[name] + WORKER_PORT_STEP * i
+        label = name if count == 1 else f"{name}-{i + 1}"
+        children.append(Child(label, [sys.executable, "-m", f"services.{name}"],
+                              {**env, "LINEGUARD_HTTP_PORT": str(port), "LINEGUARD_SERVICE_NAME": name},
+                              ready_url=f"http://127.0.0.1:{port}/readyz"))
+    return children
+
+
 def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenario: str = "normal_run",
        speed: float = 1.0, with_simulator: bool = True, ready_timeout: float = 30.0,
-       out: IO[str] = sys.stdout) -> int:
+       out: IO[str] = sys.stdout, lines: int = 0, workers: int = 1) -> int:
     """Run the embedded stack in the foreground until Ctrl-C or SIGTERM. Returns the exit code."""
     sup = Supervisor(out)
     stop = threading.Event()
@@ -269,6 +293,12 @@ def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenar
         # and what `up` decided itself (its broker, its ports) wins over both.
         profile = {k: v for k, v in read_dotenv(ROOT / "embedded.env").items() if k not in os.environ}
         common_env = {**profile, **common_env}
+        if lines:  # one plant model of N lines for every service and the simulator
+            from lineguard.plant import write_plant_lines
+
+            plant_file = write_plant_lines(settings.plant_path(), lines, workdir / f"plant-{lines}-lines.yaml")
+            common_env["LINEGUARD_PLANT_FILE"] = str(plant_file)
+            sup.say(f"plant: {lines} lines generated from {settings.plant_path()} ({plant_file})")
         services = available_services()
         if "ingest" in services or (with_simulator and simulator_available()):
             command = mosquitto_command(mqtt_port, workdir)
@@ -280,14 +310,15 @@ def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenar
                 sup.wait_ready(sup.start(Child("mosquitto", command, ready_port=mqtt_port)), ready_timeout)
         children = []
         for name in services:
-            port = SERVICE_PORTS[name]
-            env = {**common_env, "LINEGUARD_HTTP_PORT": str(port), "LINEGUARD_SERVICE_NAME": name}
-            children.append(sup.start(Child(name, [sys.executable, "-m", f"services.{name}"], env,
-                                            ready_url=f"http://127.0.0.1:{port}/readyz")))
+            count = workers
+            if name in SCALABLE_SERVICES and workers > worker_cap(catalog, name):
+                count = worker_cap(catalog, name)
+                sup.say(f"{name}: {count} workers, not {workers} (its smallest input topic has {count} partitions)")
+            children += [sup.start(child) for child in service_children(name, common_env, count)]
         if with_simulator and simulator_available():
             env = {**common_env, "LINEGUARD_SERVICE_NAME": "simulator"}
-            children.append(sup.start(Child("simulator", [sys.executable, "-m", "simulator.cli", "run", "--scenario",
-                                                          scenario, "--speed", str(speed)], env,
+            argv = [sys.executable, "-m", "simulator.cli", "run", "--scenario", scenario, "--speed", str(speed)]
+            children.append(sup.start(Child("simulator", argv + (["--lines", str(lines)] if lines else []), env,
                                             ready_port=SIMULATOR_PORT)))
         for child in children:
             sup.wait_ready(child, max(1.0, ready_timeout - (time.monotonic() - started)))
