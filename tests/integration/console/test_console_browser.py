@@ -148,6 +148,14 @@ def test_a_typed_question_gets_a_grounded_answer(page) -> None:
     grounds = exchange.query_selector(".grounds").inner_text()
     assert "Evidence" in grounds or "Sections" in grounds
     page.screenshot(path=str(DOCS / "console-chat.png"))
+    # On a tablet held upright: one column, nothing wider than the screen but the twin's own scroller.
+    page.set_viewport_size({"width": 820, "height": 1180})
+    try:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 820
+        assert page.is_visible("#talk") and page.is_visible("#question")
+        page.screenshot(path=str(DOCS / "console-tablet.png"))
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 960})
 
 
 def test_approving_a_pending_action_changes_the_setpoint(line: Line, page, published: dict) -> None:
