@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from logging import WARNING
 from typing import TYPE_CHECKING, Any
@@ -149,8 +149,9 @@ _skip_throttle = Throttle()
 
 def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, decode: bool = True,
                serde: AvroSerde | None = None, timeout_s: float = 60.0, quiet_s: float = 1.0,
-               group_id: str | None = None) -> Iterator[Record]:
-    """Every record of `topic` (logical name) from `start` to the topic's end, in order per partition.
+               group_id: str | None = None, partitions: Collection[int] | None = None) -> Iterator[Record]:
+    """Every record of `topic` (logical name) from `start` to the topic's end, in order per partition (only
+    `partitions` when given: a worker restoring the state of the partitions it was assigned).
 
     The end is found without trusting a high watermark alone (Tansu 0.6 reports the first offset of the last
     batch + 1, so a watermark-bounded read stops early). A partition is finished when either
@@ -168,6 +169,7 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
         serde = AvroSerde(settings.schemas_dir, settings.schema_registry_url, settings.schema_registry_auth,
                           settings.topic_prefix)
     full = settings.topic(topic)
+    only = None if partitions is None else set(partitions)
     consumer = new_consumer(settings, group_id or f"lineguard-{settings.service_name}-reader-{uuid.uuid4().hex[:8]}",
                             **{"enable.auto.commit": False, "enable.partition.eof": True,
                                "auto.offset.reset": "earliest", "client.id": f"lineguard-{settings.service_name}-reader"})
@@ -176,7 +178,7 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
         info = metadata.topics.get(full)
         if info is None or info.error is not None or not info.partitions:
             return
-        partitions = sorted(info.partitions)
+        partitions = sorted(p for p in info.partitions if only is None or p in only)
         assignment: list[TopicPartition] = []
         if isinstance(start, AtTime):
             found = consumer.offsets_for_times([TopicPartition(full, p, max(start.ms, 0)) for p in partitions],
