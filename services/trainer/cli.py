@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainerSettings.from_env()
     try:
         return int(args.func(args, settings))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # RegistryError, JobFailed: a message, exit 2
+    except (
+        ValueError,
+        RuntimeError,
+        FileNotFoundError,
+    ) as exc:  # RegistryError, JobFailed: a message, exit 2
         print(f"lineguard-train {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -132,7 +136,12 @@ def cmd_registry(args: argparse.Namespace, settings: TrainerSettings) -> int:
 def cmd_register(args: argparse.Namespace, settings: TrainerSettings) -> int:
     options = json.loads(args.options) if args.options else {}
     entry = _registry(args, settings).register(
-        args.version, args.provider, args.model_id, dataset_id=args.dataset_id, artifact=args.artifact, options=options
+        args.version,
+        args.provider,
+        args.model_id,
+        dataset_id=args.dataset_id,
+        artifact=args.artifact,
+        options=options,
     )
     print(json.dumps(entry, sort_keys=True))
     return 0
@@ -212,7 +221,9 @@ def _registry_commands(sub: Any) -> None:
     p = sub.add_parser("promote", help="candidate -> production when it beats production safely")
     p.add_argument("--registry")
     p.add_argument("--alias", default="candidate")
-    p.add_argument("--force", action="store_true", help="promote even when the rules refuse (audited as forced)")
+    p.add_argument(
+        "--force", action="store_true", help="promote even when the rules refuse (audited as forced)"
+    )
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("register", help="add a model version (alias candidate)")
     p.add_argument("--registry")
@@ -239,3 +250,77 @@ def _registry_commands(sub: Any) -> None:
 
 
 EXTRA_COMMANDS.append(_registry_commands)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+def _provider_for(args: argparse.Namespace, settings: TrainerSettings):  # type: ignore[no-untyped-def]
+    from lineguard.model_registry import alias_spec
+    from services.advisor.models import create_provider, parse_aliases
+
+    if args.model.startswith("registry:"):  # registry:<version> or registry:@<alias>
+        name = args.model.split(":", 1)[1]
+        registry = _registry(args, settings)
+        entry = registry.resolve(name[1:]) if name.startswith("@") else registry.version(name)
+        if entry is None:
+            raise ValueError(f"the registry has no {name!r}")
+        table = parse_aliases({"_eval": alias_spec(entry)})
+        return create_provider(table["_eval"]), entry["version"]
+    table = parse_aliases(settings.advisor_model_aliases)
+    if args.model not in table:
+        raise ValueError(f"unknown model alias {args.model!r} (known: {', '.join(sorted(table))})")
+    return create_provider(table[args.model]), None
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    from services.trainer import evaluate
+    from services.trainer.exemplars import ExemplarProvider
+
+    dataset_dir = Path(args.dataset or settings.trainer_out)
+    examples, sections = evaluate.load_dataset(dataset_dir, args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    provider, version = _provider_for(args, settings)
+    if args.exemplars:
+        provider = ExemplarProvider(
+            provider, evaluate.load_dataset(dataset_dir, "train")[0], k=args.exemplars
+        )
+    plant = load_plant(settings.plant_file or default_plant_path())
+    report = evaluate.evaluate(provider, examples, sections, plant, max_tokens=args.max_tokens)
+    out = Path(args.out or dataset_dir / "reports")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.split}-{args.model.replace(':', '_').replace('@', '')}" + (
+        f"-exemplars{args.exemplars}" if args.exemplars else ""
+    )
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out / f"{stem}.md").write_text(evaluate.markdown(report, f"Evaluation on the {args.split} split"))
+    record = args.record or version
+    if record and args.record_metrics:
+        _registry(args, settings).record_metrics(record, args.split, report["metrics"])
+    print(json.dumps({"report": str(out / f"{stem}.md"), **report["metrics"]}))
+    return 0
+
+
+def _evaluate_command(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="a model over the test split -> JSON + Markdown report")
+    p.add_argument("--dataset", help="the prepared dataset folder")
+    p.add_argument(
+        "--model", required=True, help="an advisor model alias, or registry:<version> / registry:@<alias>"
+    )
+    p.add_argument("--registry")
+    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--exemplars", type=int, default=0, help="put this many solved train examples in the prompt"
+    )
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=500)
+    p.add_argument("--out", help="report folder (default: <dataset>/reports)")
+    p.add_argument(
+        "--record", help="registry version to store the metrics on (default: the evaluated version)"
+    )
+    p.add_argument("--record-metrics", action="store_true", help="store the metrics in the registry")
+    p.set_defaults(func=cmd_evaluate)
+
+
+EXTRA_COMMANDS.append(_evaluate_command)

@@ -51,12 +51,27 @@ def answer_text(answer: dict[str, Any]) -> str:
     return json.dumps(answer, sort_keys=True, ensure_ascii=False)
 
 
+def with_context(example: dict[str, Any], sections: dict[str, Any], chars: int = 900) -> dict[str, Any]:
+    """The example with the text of the section it answers from, as the advisor gives it its retrieved SOP text:
+    a tuned model learns to answer from the text in front of it, not to recite manuals from memory."""
+    refs = (example.get("answer") or {}).get("references") or []
+    section = sections.get(example.get("group")) or next((sections[r] for r in refs if r in sections), None)
+    context = ""
+    if section is not None:
+        context = f"\nThe SOP {section.key} says: {' '.join(section.text.split())[:chars]}"
+    return {**example, "context": context}
+
+
+def user_prompt(example: dict[str, Any]) -> str:
+    return f"{example['question']}{example.get('context') or ''}"
+
+
 def bedrock_record(example: dict[str, Any], system: str = SYSTEM_PROMPT) -> dict[str, Any]:
     return {
         "schemaVersion": SCHEMA_VERSION,
         "system": [{"text": system}],
         "messages": [
-            {"role": "user", "content": [{"text": example["question"]}]},
+            {"role": "user", "content": [{"text": user_prompt(example)}]},
             {"role": "assistant", "content": [{"text": answer_text(example["answer"])}]},
         ],
     }
@@ -66,7 +81,7 @@ def sagemaker_record(example: dict[str, Any], system: str = SYSTEM_PROMPT) -> di
     return {
         "messages": [
             {"role": "system", "content": system},
-            {"role": "user", "content": example["question"]},
+            {"role": "user", "content": user_prompt(example)},
             {"role": "assistant", "content": answer_text(example["answer"])},
         ]
     }

@@ -235,7 +235,11 @@ class Prepare:
         history: dict[str, Any],
         splits: dict[str, Any],
     ) -> dict[str, Any]:
-        train, test = splits["train"], splits["test"]
+        sections = {
+            s["doc_id"] + "#" + s["section"]: SourceSection.from_dict(s) for s in extracted["sections"]
+        }
+        train = [dataset.with_context(e, sections) for e in splits["train"]]
+        test = [dataset.with_context(e, sections) for e in splits["test"]]
         files = {
             "train.jsonl": dataset.dumps_lines([dataset.bedrock_record(e) for e in train]),
             "test.jsonl": dataset.dumps_lines([dataset.bedrock_record(e) for e in test]),
