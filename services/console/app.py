@@ -295,7 +295,10 @@ class Console:
 
     async def _ready_when_caught_up(self) -> None:
         assert self.follower is not None
-        await asyncio.to_thread(self.follower.caught_up.wait)
+        # polled, not waited for on a worker thread: a thread blocked forever (Kafka down) would hold up the
+        # event loop's shutdown after SIGTERM
+        while not self.follower.caught_up.is_set():
+            await asyncio.sleep(0.2)
         self._bump("twin", "feed", "status")
         event(log, "console_ready")
 
