@@ -319,6 +319,7 @@ def test_history_reaches_the_dataset_with_its_section(tmp_path: Path) -> None:
             [rec("r-up"), rec("r-bad", references=[{"doc_id": "SOP-X-1", "section": "1"}])],
             [vote("f1", "r-up", 1), vote("f2", "r-bad", 1)],
         )
+
     card = prepare(DOCS, tmp_path / "ds", history=history).card
     assert card["kept_by_source"]["history"] == 1 and card["dropped_by_source"].get("history") == 1
     examples = lines(tmp_path / "ds" / "examples" / "train.jsonl") + lines(
