@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lineguard.settings import Settings, SettingsError, env_field
-from services.vision.classes import DEFECT_CLASSES
 
 HERE = Path(__file__).resolve().parent
 DOCS_DIR = HERE.parents[1] / "examples" / "cookie-line" / "docs"
@@ -46,7 +45,7 @@ class ConsoleSettings(Settings):
     history_s: float = env_field(1800.0, help="How far back the twin and feed read the line topics at start-up.")
     trend_points: int = env_field(600, help="Points kept per attribute for a machine's trends.")
     defect_window_s: float = env_field(300.0, help="Defect rates by class over this much event time.")
-    defect_classes: list[str] = env_field(list(DEFECT_CLASSES),
+    defect_classes: list[str] = env_field(["cracked", "deformed", "bubbled", "burnt"],
                                           help="Defect classes the vision service reports (shown at 0 until "
                                                "seen; words for the speech grammar).")
     docs_dir: Path = env_field(DOCS_DIR, help="SOPs and manuals; references in the feed open their sections.")
