@@ -21,9 +21,15 @@ from pathlib import Path
 
 import yaml
 
+SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "components" / "strimzi-topics" / "topics.yaml"
 DEFAULT_CLUSTER = "lineguard"
+# Strimzi 0.49 serves kafka.strimzi.io/v1, and 1.0 serves only v1.
+STRIMZI_API = "kafka.strimzi.io/v1"
+TLS_OUTPUT = Path(__file__).resolve().parent / "components" / "strimzi-tls"
+BASE_DIR = Path(__file__).resolve().parent / "base"
 # Production durability: three copies, and a write is acknowledged only once two of them have it (acks=all).
 DEFAULT_REPLICAS = 3
 DEFAULT_MIN_INSYNC_REPLICAS = 2
@@ -51,7 +57,7 @@ def resource_name(topic: str) -> str:
 def kafka_topics(prefix: str = "", cluster: str = DEFAULT_CLUSTER, replicas: int = DEFAULT_REPLICAS,
                  min_insync_replicas: int = DEFAULT_MIN_INSYNC_REPLICAS,
                  schemas_dir: Path | None = None) -> list[dict]:
-    """One KafkaTopic (kafka.strimzi.io/v1beta2) per catalog topic, in catalog order."""
+    """One KafkaTopic (kafka.strimzi.io/v1) per catalog topic, in catalog order."""
     if replicas < 1 or not 1 <= min_insync_replicas <= replicas:
         raise GeneratorError(f"need replicas >= 1 and 1 <= min.insync.replicas <= replicas "
                              f"(got {replicas} and {min_insync_replicas})")
@@ -72,7 +78,7 @@ def kafka_topics(prefix: str = "", cluster: str = DEFAULT_CLUSTER, replicas: int
         if spec.is_dlq:
             labels["lineguard.io/dead-letter"] = "true"
         resources.append({
-            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "apiVersion": STRIMZI_API,
             "kind": "KafkaTopic",
             "metadata": {"name": name, "labels": labels},
             "spec": {
@@ -87,6 +93,107 @@ def kafka_topics(prefix: str = "", cluster: str = DEFAULT_CLUSTER, replicas: int
             },
         })
     return resources
+
+
+# Services whose consumer group names differ from their service name, and topics a client library creates itself.
+INTERNAL_TOPIC_PREFIXES = {"notifier": "notifier-"}  # Faust's own topics: <app id>-__assignor-__leader, ...
+
+
+KNOWN_SERVICES = {p.parent.name for p in SERVICES_DIR.glob("*/__main__.py")}
+
+
+def kafka_users(prefix: str = "", cluster: str = DEFAULT_CLUSTER, schemas_dir: Path | None = None) -> list[dict]:
+    """One KafkaUser (mutual TLS) per service, with exactly the ACLs the catalog gives it: read what it consumes
+    (and write those topics' dead letters), write what it produces, its own consumer groups (by name prefix),
+    nothing else. Plant systems get their own users from the plant's Kafka team."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from lineguard.catalog import DLQ_SUFFIX, load_catalog
+
+    catalog = load_catalog(schemas_dir)
+    rights: dict[str, dict[str, set[str]]] = {}
+    for spec in catalog.topics.values():
+        if spec.is_dlq:
+            continue
+        for service in spec.consumers:
+            if service in KNOWN_SERVICES:
+                rights.setdefault(service, {}).setdefault(spec.name, set()).update({"Read", "Describe"})
+                if spec.name + DLQ_SUFFIX in catalog:
+                    rights[service].setdefault(spec.name + DLQ_SUFFIX, set()).update({"Write", "Describe"})
+        for service in spec.producers:
+            if service in KNOWN_SERVICES:
+                rights.setdefault(service, {}).setdefault(spec.name, set()).update({"Write", "Describe"})
+    users = []
+    for service in sorted(rights):
+        acls = [{"resource": {"type": "topic", "name": prefix + topic, "patternType": "literal"},
+                 "operations": sorted(operations)} for topic, operations in sorted(rights[service].items())]
+        acls.append({"resource": {"type": "group", "name": service, "patternType": "prefix"},
+                     "operations": ["Describe", "Read"]})
+        internal = INTERNAL_TOPIC_PREFIXES.get(service)
+        if internal:
+            acls.append({"resource": {"type": "topic", "name": prefix + internal, "patternType": "prefix"},
+                         "operations": ["Create", "Describe", "Read", "Write"]})
+        acls.append({"resource": {"type": "cluster"}, "operations": ["IdempotentWrite"]})
+        users.append({
+            "apiVersion": STRIMZI_API,
+            "kind": "KafkaUser",
+            "metadata": {"name": service, "labels": {"strimzi.io/cluster": cluster,
+                                                     "app.kubernetes.io/name": service,
+                                                     "app.kubernetes.io/part-of": "lineguard"}},
+            "spec": {"authentication": {"type": "tls"},
+                     "authorization": {"type": "simple", "acls": acls}},
+        })
+    return users
+
+
+def tls_patch(service: str, cluster: str = DEFAULT_CLUSTER) -> dict:
+    """Mount the cluster CA and the service's own client certificate (the Secrets Strimzi creates for the Kafka
+    cluster and the KafkaUser) and point librdkafka at them."""
+    security = ("security.protocol=SSL,ssl.ca.location=/etc/kafka/ca/ca.crt,"
+                "ssl.certificate.location=/etc/kafka/user/user.crt,ssl.key.location=/etc/kafka/user/user.key")
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": service},
+        "spec": {"template": {"spec": {
+            "containers": [{
+                "name": service,
+                "env": [{"name": "LINEGUARD_KAFKA_SECURITY", "value": security}],
+                "volumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/kafka/ca", "readOnly": True},
+                                 {"name": "kafka-user", "mountPath": "/etc/kafka/user", "readOnly": True}],
+            }],
+            "volumes": [{"name": "kafka-ca", "secret": {"secretName": f"{cluster}-cluster-ca-cert",
+                                                        "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"name": "kafka-user", "secret": {"secretName": service}}],
+        }}},
+    }
+
+
+def tls_component(prefix: str = "", cluster: str = DEFAULT_CLUSTER,
+                  schemas_dir: Path | None = None) -> dict[str, str]:
+    """The files of components/strimzi-tls: users, one certificate patch per service, the kustomization."""
+    users = kafka_users(prefix, cluster, schemas_dir)
+    files = {"users.yaml": render(users, f"--prefix={prefix!r} --cluster={cluster}")}
+    patches = []
+    for user in users:
+        name = user["metadata"]["name"]
+        if not (BASE_DIR / f"{name}.yaml").is_file():
+            continue  # not a Deployment (the trainer runs as a Job: mount the same Secrets there)
+        files[f"tls-{name}.yaml"] = HEADER.format(options=f"--cluster={cluster}") + yaml.safe_dump(
+            tls_patch(name, cluster), sort_keys=False)
+        patches.append({"path": f"tls-{name}.yaml"})
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+        "resources": ["users.yaml"],
+        "configMapGenerator": [{"name": "lineguard-settings", "behavior": "merge",
+                                "literals": [f"LINEGUARD_KAFKA_BOOTSTRAP={cluster}-kafka-bootstrap:9093"]}],
+        "patches": patches,
+    }
+    files["kustomization.yaml"] = (
+        HEADER.format(options=f"--prefix={prefix!r} --cluster={cluster}")
+        + "# Mutual TLS to the Strimzi cluster's TLS listener (9093, `tls: true`, `authentication: {type: tls}`,\n"
+        + "# `authorization: {type: simple}` on the Kafka resource): one KafkaUser per service with least-privilege\n"
+        + "# ACLs from schemas/topics.yaml, its client certificate and the cluster CA mounted into its pod.\n"
+        + yaml.safe_dump(kustomization, sort_keys=False))
+    return files
 
 
 def render(resources: list[dict], options: str) -> str:
@@ -104,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default=DEFAULT_CLUSTER, help="the Strimzi Kafka cluster (strimzi.io/cluster)")
     parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS)
     parser.add_argument("--min-insync-replicas", type=int, default=DEFAULT_MIN_INSYNC_REPLICAS)
+    parser.add_argument("--tls-dir", type=Path, default=TLS_OUTPUT,
+                        help="folder of the strimzi-tls component (KafkaUsers with ACLs, certificate mounts)")
     args = parser.parse_args(argv)
+    if args.output != DEFAULT_OUTPUT and args.tls_dir == TLS_OUTPUT:
+        args.tls_dir = None  # a topics file written elsewhere (tests, a site overlay) leaves the component alone
 
     options = (f"--prefix={args.prefix!r} --cluster={args.cluster} --replicas={args.replicas} "
                f"--min-insync-replicas={args.min_insync_replicas}")
@@ -114,7 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # CatalogError and GeneratorError
         print(f"gen_strimzi_topics: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls_files = tls_component(args.prefix, args.cluster, args.schemas_dir) if args.tls_dir else {}
+    except ValueError as exc:
+        print(f"gen_strimzi_topics: {exc}", file=sys.stderr)
+        return 2
     if args.check:
+        for file_name, expected in tls_files.items():
+            path = args.tls_dir / file_name
+            if not path.is_file() or path.read_text() != expected:
+                print(f"gen_strimzi_topics: {path} is stale; run deploy/k8s/gen_strimzi_topics.py", file=sys.stderr)
+                return 1
         try:
             current = args.output.read_text()
         except OSError as exc:
@@ -131,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    for file_name, content in tls_files.items():
+        args.tls_dir.mkdir(parents=True, exist_ok=True)
+        (args.tls_dir / file_name).write_text(content)
     print(f"wrote {args.output} ({text.count('kind: KafkaTopic')} topics)")
     return 0
 

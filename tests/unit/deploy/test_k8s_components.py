@@ -203,3 +203,56 @@ def test_every_service_with_replicas_has_a_budget_and_spreads(rendered: list[dic
         constraints = deployment["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
         keys = {c["topologyKey"] for c in constraints}
         assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# strimzi-tls: mutual TLS and least-privilege ACLs per service (production overlay)
+# --------------------------------------------------------------------------------------------------------------
+
+def test_every_service_has_a_kafka_user_with_exactly_the_catalogs_rights() -> None:
+    rendered = build(K8S / "overlays/production")
+    users = by_kind(rendered, "KafkaUser")
+    catalog = load_catalog()
+    for name in SERVICES:
+        user = users[name]
+        assert user["apiVersion"] == "kafka.strimzi.io/v1"
+        assert user["spec"]["authentication"] == {"type": "tls"}
+        granted: dict[str, set[str]] = {}
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert resource.get("name") != "*", f"{name}: a wildcard ACL"
+            if resource["type"] == "topic" and resource["patternType"] == "literal":
+                granted[resource["name"]] = set(acl["operations"])
+            elif resource["type"] == "group":
+                assert resource["name"] == name and resource["patternType"] == "prefix"
+                assert set(acl["operations"]) == {"Read", "Describe"}
+        expected: dict[str, set[str]] = {}
+        for spec in catalog.topics.values():
+            if spec.is_dlq:
+                continue
+            if name in spec.consumers:
+                expected.setdefault(spec.name, set()).update({"Read", "Describe"})
+                if spec.name + ".dlq" in catalog:
+                    expected.setdefault(spec.name + ".dlq", set()).update({"Write", "Describe"})
+            if name in spec.producers:
+                expected.setdefault(spec.name, set()).update({"Write", "Describe"})
+        assert granted == expected, name
+
+
+def test_every_production_pod_talks_mutual_tls_with_its_own_certificate() -> None:
+    rendered = build(K8S / "overlays/production")
+    settings = by_kind(rendered, "ConfigMap")["lineguard-settings"]["data"]
+    assert settings["LINEGUARD_KAFKA_BOOTSTRAP"].endswith(":9093"), "the TLS listener, never plaintext 9092"
+    for name, deployment in by_kind(rendered, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        security = dict(item.split("=", 1) for item in env["LINEGUARD_KAFKA_SECURITY"].split(","))
+        assert security["security.protocol"] == "SSL", name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kafka-user"]["secret"]["secretName"] == name, f"{name}: its own KafkaUser's certificate"
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "lineguard-cluster-ca-cert"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        for key in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
+            folder = security[key].rsplit("/", 1)[0]
+            assert folder in mounts, f"{name}: {key} is not on a mounted volume"

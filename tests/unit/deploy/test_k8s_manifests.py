@@ -499,7 +499,7 @@ def test_production_topics_equal_the_catalog(built: dict[str, list[dict]]) -> No
     assert sorted(t["spec"]["topicName"] for t in topics) == sorted(catalog.names())
     for topic in topics:
         spec = catalog[topic["spec"]["topicName"]]
-        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1"  # Strimzi 1.0 serves v1 only
         assert topic["metadata"]["labels"]["strimzi.io/cluster"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", topic["metadata"]["name"])
         assert topic["spec"]["partitions"] == spec.partitions
