@@ -324,3 +324,22 @@ def _evaluate_command(sub: Any) -> None:
 
 
 EXTRA_COMMANDS.append(_evaluate_command)
+
+
+def cmd_asl(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    from services.trainer.stepfunctions import dumps
+
+    print(dumps(args.cluster, args.task_definition, container=args.container, subnets=args.subnet or []))
+    return 0
+
+
+def _asl_command(sub: Any) -> None:
+    p = sub.add_parser("asl", help="print the Step Functions definition of the loop (ECS tasks)")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--task-definition", required=True)
+    p.add_argument("--container", default="advisor")
+    p.add_argument("--subnet", action="append")
+    p.set_defaults(func=cmd_asl)
+
+
+EXTRA_COMMANDS.append(_asl_command)
