@@ -536,7 +536,8 @@ def test_msk_overlay(built: dict[str, list[dict]]) -> None:
     accounts = by_kind(resources, "ServiceAccount")
     assert set(accounts) == set(SERVICES)
     for name, account in accounts.items():
-        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::"), name
+        role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert role.startswith("arn:aws:iam::") and role.endswith(f"-{name}"), f"{name}: a role of its own"
         assert account["metadata"]["labels"]["app.kubernetes.io/name"] == name, "the patch kept the labels"
     # The base is untouched by the overlays: it still points at the in-cluster Strimzi bootstrap.
     base_settings = by_kind(built["base"], "ConfigMap")["lineguard-settings"]["data"]
