@@ -9,7 +9,9 @@ names the variable and what it expected. Secret fields are shown as `***` wherev
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import socket
 import types
 import typing
@@ -87,16 +89,31 @@ def _convert(raw: str, annotation: Any, var: str) -> Any:
     if origin is list:
         return [_convert(item.strip(), args[0] if args else str, var) for item in raw.split(",") if item.strip()]
     if origin is dict:
-        out: dict[str, str] = {}
-        for item in raw.split(","):
-            if not item.strip():
-                continue
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise SettingsError(f"{var}={raw!r}: expected comma-separated key=value pairs")
-            out[k.strip()] = v.strip()
-        return out
+        return _key_values(raw, var)
     return raw
+
+
+def _key_values(raw: str, var: str) -> dict[str, str]:
+    """`key=value,key=value`; a value that holds a comma writes it as `\\,` (a password, a list of CAs), or the
+    whole setting is a JSON object (`{"sasl.password": "a,b=c"}`)."""
+    if raw.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{var}: not a valid JSON object: {exc.msg} at character {exc.pos}") from None
+        if not isinstance(parsed, dict):
+            raise SettingsError(f"{var}: expected a JSON object of strings")
+        return {str(k): str(v) for k, v in parsed.items()}
+    out: dict[str, str] = {}
+    for item in re.split(r"(?<!\\),", raw):
+        if not item.strip():
+            continue
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SettingsError(f"{var}: expected comma-separated key=value pairs (write a comma inside a value "
+                                f"as \\, or give a JSON object): an item has no '='")
+        out[k.strip()] = v.strip().replace("\\,", ",")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

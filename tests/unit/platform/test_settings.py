@@ -83,3 +83,17 @@ def test_msk_iam_region_adds_an_oauthbearer_token_callback(monkeypatch):
     assert conf["oauth_cb"]("") == ("signed-token", 1_800_000_000.0)
     assert calls == ["eu-central-1"]
     assert client_security(Settings.from_env(environ={})) == {}
+
+
+def test_key_value_settings_take_commas_inside_values_and_never_echo_them():
+    env = {"LINEGUARD_KAFKA_SECURITY": r"security.protocol=SASL_SSL,sasl.username=svc,sasl.password=p\,a=ss"}
+    settings = Settings.from_env(environ=env)
+    assert settings.kafka_security == {"security.protocol": "SASL_SSL", "sasl.username": "svc",
+                                       "sasl.password": "p,a=ss"}
+    as_json = Settings.from_env(environ={"LINEGUARD_KAFKA_SECURITY": '{"sasl.password": "a,b=c", "sasl.username": "u"}'})
+    assert as_json.kafka_security == {"sasl.password": "a,b=c", "sasl.username": "u"}
+    with pytest.raises(SettingsError) as bad:
+        Settings.from_env(environ={"LINEGUARD_KAFKA_SECURITY": "sasl.password=secret-value,oops"})
+    assert "LINEGUARD_KAFKA_SECURITY" in str(bad.value) and "secret-value" not in str(bad.value)
+    with pytest.raises(SettingsError, match="JSON"):
+        Settings.from_env(environ={"LINEGUARD_KAFKA_SECURITY": '{"broken": '})
