@@ -133,6 +133,7 @@ class Prepare:
             lambda: self._validate(generated["candidates"], sections),
         )
         recs, feedback = self.o.history() if self.o.history else ([], [])
+        recs = self._archive(recs, feedback)
         history = self._stage(
             "history",
             {"recs": digest(recs), "feedback": digest(feedback), "sections": digest(sorted(sections))},
@@ -157,6 +158,18 @@ class Prepare:
             lambda: self._publish(extracted, generated, validated, history, splits),
         )
         return PrepareResult(self.o.out, card, list(self.ran))
+
+    def _archive(self, recs: list[dict[str, Any]], feedback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Voted recommendations are kept here: recommendations.v1 keeps 30 days, feedback.v1 forever, so a vote
+        must not lose its recommendation when the topic's retention deletes it."""
+        path = self.o.out / "history" / "recommendations.json"
+        known = {r["id"]: r for r in (read_json(path) if path.exists() else [])}
+        known.update({r["id"]: r for r in recs if isinstance(r, dict) and r.get("id")})
+        voted = {str(f.get("recommendation_id")) for f in feedback if isinstance(f, dict)}
+        kept = [known[i] for i in sorted(known) if i in voted]
+        if kept or path.exists():
+            write_atomic(path, json.dumps(kept, sort_keys=True, ensure_ascii=False, default=str))
+        return kept
 
     def _extract(self) -> dict[str, Any]:
         sections, skipped = extract_folder(self.o.docs)

@@ -322,6 +322,11 @@ def test_history_reaches_the_dataset_with_its_section(tmp_path: Path) -> None:
 
     card = prepare(DOCS, tmp_path / "ds", history=history).card
     assert card["kept_by_source"]["history"] == 1 and card["dropped_by_source"].get("history") == 1
+    # recommendations.v1 keeps 30 days, feedback.v1 forever: a vote outlives its recommendation on the topic
+    later = prepare(
+        DOCS, tmp_path / "ds", history=lambda: ([], [vote("f1", "r-up", 1), vote("f2", "r-bad", 1)])
+    ).card
+    assert later["kept_by_source"]["history"] == 1 and later["dataset_id"] == card["dataset_id"]
     examples = lines(tmp_path / "ds" / "examples" / "train.jsonl") + lines(
         tmp_path / "ds" / "examples" / "test.jsonl"
     )
