@@ -1,0 +1,238 @@
+"""Benchmark: how the normalizer and the advisor spread over workers, and how their cost grows with lines.
+
+    .venv/bin/python bench/bench_scale.py [--records 40000] [--lines 1 10 50] [--workers 1 2 4]
+                                          [--services normalizer advisor]
+
+For each service and plant size (N lines generated from the reference line, `lineguard.plant.replicate_lines`) it
+produces a backlog to topics of 12 partitions (so 4 workers all get partitions; a fresh topic prefix per run), then
+starts that many service processes (`python -m services.<name>`, one consumer group, as `lineguard up --workers`
+and Kubernetes replicas do). The rate is measured once every worker is
+ready (partitions assigned, state restored) until the backlog is consumed: records/s in all and per worker. For
+the advisor, recommendation latency p95 (window close or trigger to recommendation acknowledged; the
+analysis-only model) from its histogram. The machine's core count is printed: workers beyond the cores share them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "normalizer"))
+
+from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
+from lineguard.embedded import free_port, tansu_command  # noqa: E402
+from lineguard.kafka import Producer  # noqa: E402
+from lineguard.plant import default_plant_path, load_plant, write_plant_lines  # noqa: E402
+from lineguard.settings import Settings  # noqa: E402
+
+PARTITIONS = 12
+SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
+ADVISOR_TOPICS = {"observations": "line.observations.v1", "alarms": "line.alarms.v1",
+                  "inspections": "line.inspections.v1"}
+
+
+def scrape(port: int) -> dict[str, dict[str, float]]:
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for line in body.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            out.setdefault(match["name"], {})[match["labels"] or ""] = float(match["value"])
+    return out
+
+
+def ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def p95_from_histogram(buckets: dict[str, float]) -> float:
+    """The 95th percentile from summed cumulative buckets (linear inside the bucket, as histogram_quantile)."""
+    bounds: dict[float, float] = {}
+    for labels, count in buckets.items():
+        match = re.search(r'le="([^"]+)"', labels)
+        if match:
+            le = float("inf") if match[1] == "+Inf" else float(match[1])
+            bounds[le] = bounds.get(le, 0.0) + count
+    if not bounds or max(bounds.values()) == 0:
+        return float("nan")
+    ordered = sorted(bounds.items())
+    goal = 0.95 * ordered[-1][1]
+    low, below = 0.0, 0.0
+    for le, count in ordered:
+        if count >= goal:
+            if le == float("inf"):
+                return low
+            return low + (le - low) * ((goal - below) / max(count - below, 1e-9))
+        low, below = le, count
+    return ordered[-1][0]
+
+
+def create_topics(bootstrap: str, prefix: str) -> None:
+    catalog = load_catalog()
+    catalog.topics = {name: dataclasses.replace(spec, partitions=PARTITIONS) if not spec.is_dlq else spec
+                      for name, spec in catalog.topics.items()}
+    bootstrap_topics(admin_client(bootstrap), catalog, prefix)
+
+
+def produce_normalizer_backlog(settings: Settings, plant_file: Path, records: int) -> int:
+    from normalizer_records import make_raw_set
+
+    raw = make_raw_set(load_plant(plant_file), readings=records, alarms=records // 100,
+                       inspections=records // 50, bad=0, step_ms=20)
+    producer = Producer(settings)
+    total = 0
+    for topic, key, value in raw.messages():
+        producer.produce(topic, key, value, trace=False)
+        total += 1
+        if total % 10_000 == 0:
+            producer.poll(0)
+    assert producer.close(120) == 0, "the broker did not take the backlog"
+    return total
+
+
+def produce_advisor_backlog(settings: Settings, lines: int, records: int) -> int:
+    from bench_advisor import records as scenario_records
+
+    per_line = max(1, records // lines)
+    base = scenario_records(max(1, per_line // 15_000 + 1))[:per_line]
+    encoded = [(kind, json.dumps(value)) for kind, value in base]
+    producer = Producer(settings)
+    total = 0
+    for kind, text in encoded:  # line by line in time order, every line at the same pace
+        for index in range(1, lines + 1):
+            line = f"line{index}"
+            value = json.loads(text if index == 1 else text.replace("line1", line))
+            producer.produce(ADVISOR_TOPICS[kind], line, value, trace=False)
+            total += 1
+            if total % 10_000 == 0:
+                producer.poll(0)
+    assert producer.close(120) == 0, "the broker did not take the backlog"
+    return total
+
+
+def run_workers(service: str, workers: int, settings: Settings, plant_file: Path, expected: int,
+                workdir: Path, timeout_s: float = 300.0) -> dict[str, float]:
+    group = f"{service}-{uuid.uuid4().hex[:6]}"
+    ports = [free_port() for _ in range(workers)]
+    env = {**os.environ, "LINEGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix, "LINEGUARD_HTTP_HOST": "127.0.0.1",
+           "LINEGUARD_LOG_LEVEL": "WARNING", "LINEGUARD_GROUP_ID": group, "LINEGUARD_PLANT_FILE": str(plant_file),
+           "LINEGUARD_MODEL_ALIAS": "analysis-only",
+           "LINEGUARD_LAKE_DIR": str(workdir / group / "lake"), "LINEGUARD_IDLE_CLOSE_S": "5"}
+    procs = [subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT,
+                              env={**env, "LINEGUARD_HTTP_PORT": str(port)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for port in ports]
+    consumed_name = f"lineguard_{service}_messages_consumed_total"
+
+    def consumed() -> tuple[float, list[float]]:
+        each = [sum(scrape(p).get(consumed_name, {}).values()) for p in ports]
+        return sum(each), each
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not all(ready(p) for p in ports):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"{service} x{workers}: the workers did not become ready")
+            time.sleep(0.2)
+        start, (count0, _) = time.perf_counter(), consumed()
+        count, each = count0, []
+        while count < expected and time.monotonic() < deadline:
+            time.sleep(0.25)
+            count, each = consumed()
+        elapsed = time.perf_counter() - start
+        if count0 >= expected * 0.8:
+            raise RuntimeError(f"{service} x{workers}: the backlog was consumed before every worker was ready; "
+                               "raise --records")
+        result = {"rate": (count - count0) / elapsed, "consumed_before_ready": count0,
+                  "busiest_share": max(each) / max(sum(each), 1)}
+        if service == "advisor":
+            time.sleep(1.0)
+            buckets: dict[str, float] = {}
+            for port in ports:
+                for labels, value in scrape(port).get("lineguard_advisor_close_to_publish_seconds_bucket",
+                                                      {}).items():
+                    key = re.sub(r'trigger="[^"]*",?', "", labels)
+                    buckets[key] = buckets.get(key, 0.0) + value
+            result["p95_s"] = p95_from_histogram(buckets)
+        return result
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=40_000, help="backlog per service and plant size")
+    parser.add_argument("--lines", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--services", nargs="+", default=["normalizer", "advisor"])
+    args = parser.parse_args()
+
+    port = free_port()
+    broker = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    print(f"cores: {os.cpu_count()} (load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}); "
+          f"{PARTITIONS} partitions per topic; backlog {args.records} records per service and plant size")
+    print(f"{'service':<11}{'lines':>6}{'workers':>8}{'records/s':>11}{'per worker':>11}{'x1 worker':>10}"
+          f"{'p95 s':>8}")
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        wait_for_broker(bootstrap, timeout=30)
+        for service in args.services:
+            for lines in args.lines:
+                plant_file = write_plant_lines(default_plant_path(), lines, workdir / f"plant-{lines}.yaml")
+                single = None
+                for workers in args.workers:
+                    # A fresh prefix per run: the same backlog, and no recommendation id already published.
+                    prefix = f"b{uuid.uuid4().hex[:6]}."
+                    settings = Settings.from_env(environ={}, kafka_bootstrap=bootstrap, topic_prefix=prefix,
+                                                 service_name="bench", log_level="WARNING")
+                    create_topics(bootstrap, prefix)
+                    if service == "normalizer":
+                        expected = produce_normalizer_backlog(settings, plant_file, args.records)
+                    else:
+                        expected = produce_advisor_backlog(settings, lines, args.records)
+                    try:
+                        result = run_workers(service, workers, settings, plant_file, expected, workdir)
+                    except RuntimeError as exc:
+                        print(f"{service:<11}{lines:>6}{workers:>8}  skipped: {exc}")
+                        continue
+                    single = single or (result["rate"] if workers == 1 else None)
+                    speedup = f"{result['rate'] / single:.2f}" if single else "-"
+                    p95 = f"{result['p95_s']:.2f}" if "p95_s" in result else "-"
+                    print(f"{service:<11}{lines:>6}{workers:>8}{result['rate']:>11,.0f}"
+                          f"{result['rate'] / workers:>11,.0f}{speedup:>10}{p95:>8}", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
