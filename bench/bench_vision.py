@@ -1,10 +1,13 @@
-"""Local vision detector throughput: images per second per core on 256 x 256 images, against the 100/s budget.
+"""Local vision detector throughput: images per second per core, against the 100/s budget and the old detector.
 
-    python bench/bench_vision.py [--n 400] [--conditions standard|harsh]
+    python bench/bench_vision.py [--n 400] [--conditions standard|harsh|varied]
 
 One process, one thread (numpy's thread pools pinned to 1). The images are rendered by the simulator's camera
-first and not timed; each timed step is what the service does per image: decode the PNG, check it, judge it.
-Printed side by side in the same run: the PNG decode alone (the floor no detector can beat) and the budget.
+first and not timed; each timed step is what the service does per image: decode the image (reduced to 512 px
+at most, as the intake does), check it, judge it. Printed side by side in the same run: the decode alone (the
+floor no detector can beat), the detector before issue 15 (bench/vision_legacy.py: fixed belt colour, twelve
+hand-made features and a logistic regression; it only knows 256 px frames of the simulator's own belt), the
+current detector, and the budget.
 """
 
 from __future__ import annotations
@@ -16,19 +19,43 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from services.vision.dataset import rendered_set  # noqa: E402
+from bench.vision_legacy import NoCookieError, analyse  # noqa: E402
 from services.vision.detector import LocalDetector  # noqa: E402
 from services.vision.imaging import decode_image  # noqa: E402
+from services.vision.training.dataset import rendered_set  # noqa: E402
 
 BUDGET_IMAGES_PER_S = 100.0
+LEGACY_MODEL = Path(__file__).with_name("vision_legacy_model.json")
+
+
+class LegacyDetector:
+    """The detector as it was: classical features and one logistic regression per class."""
+
+    def __init__(self) -> None:
+        artifact = json.loads(LEGACY_MODEL.read_text())
+        self.classes = artifact["classes"]
+        self.mean, self.std = np.array(artifact["mean"]), np.array(artifact["std"])
+        self.weights = np.array([artifact["weights"][c] for c in self.classes])
+        self.bias = np.array([artifact["bias"][c] for c in self.classes])
+        self.thresholds = np.array([artifact["thresholds"][c] for c in self.classes])
+
+    def detect(self, pixels: np.ndarray) -> set[str]:
+        try:
+            features = analyse(pixels).features
+        except NoCookieError:
+            return {"undecided"}
+        p = 1.0 / (1.0 + np.exp(-(((features - self.mean) / self.std) @ self.weights.T + self.bias)))
+        return {c for c, v, t in zip(self.classes, p, self.thresholds, strict=True) if v >= t}
 
 
 def best_rate(step, images: list[bytes], rounds: int = 3) -> float:
@@ -45,24 +72,30 @@ def best_rate(step, images: list[bytes], rounds: int = 3) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=400)
-    parser.add_argument("--conditions", default="standard", choices=["standard", "harsh"])
+    parser.add_argument("--conditions", default="standard", choices=["standard", "harsh", "varied"])
     args = parser.parse_args()
     images = [item.png for item in rendered_set(99, args.n, args.conditions)]
-    detector = LocalDetector()
+    sizes = [Image.open(io.BytesIO(png)).size[0] for png in images]
+    detector, legacy = LocalDetector(), LegacyDetector()
     for png in images[:20]:  # warm-up
-        detector.detect(decode_image(png))
+        detector.detect(decode_image(png, working_side=512))
+        legacy.detect(decode_image(png).pixels)
 
     def decode_only(png: bytes) -> None:
-        Image.open(io.BytesIO(png)).load()
+        decode_image(png, working_side=512)
 
     decode_rate = best_rate(decode_only, images)
-    detect_rate = best_rate(lambda png: detector.detect(decode_image(png)), images)
+    legacy_rate = best_rate(lambda png: legacy.detect(decode_image(png).pixels), images)
+    detect_rate = best_rate(lambda png: detector.detect(decode_image(png, working_side=512)), images)
     ratio = detect_rate / BUDGET_IMAGES_PER_S
-    print(f"vision local detector, {args.n} images 256x256 ({args.conditions} camera), 1 process, 1 thread")
-    print(f"  PNG decode alone          {decode_rate:10.0f} images/s")
-    print(f"  decode + check + detect   {detect_rate:10.0f} images/s  ({1000.0 / detect_rate:.2f} ms/image)")
-    print(f"  budget                    {BUDGET_IMAGES_PER_S:10.0f} images/s")
-    print(f"  ratio to budget           {ratio:10.2f}x  {'OK' if ratio >= 1.0 else 'BELOW BUDGET'}")
+    print(f"vision local detector, {args.n} images {min(sizes)} to {max(sizes)} px ({args.conditions} camera), "
+          "1 process, 1 thread")
+    print(f"  decode alone                     {decode_rate:10.0f} images/s")
+    print(f"  old detector (before issue 15)   {legacy_rate:10.0f} images/s  ({1000.0 / legacy_rate:.2f} ms/image)")
+    print(f"  decode + check + detect          {detect_rate:10.0f} images/s  ({1000.0 / detect_rate:.2f} ms/image)")
+    print(f"  ratio to the old detector        {detect_rate / legacy_rate:10.2f}x")
+    print(f"  budget                           {BUDGET_IMAGES_PER_S:10.0f} images/s")
+    print(f"  ratio to budget                  {ratio:10.2f}x  {'OK' if ratio >= 1.0 else 'BELOW BUDGET'}")
     return 0 if ratio >= 1.0 else 1
 
 

@@ -11,7 +11,11 @@ Defects (several at once are possible; an empty set is a good cookie):
 - burnt: an over-baked, dark cookie with blackened patches.
 
 `CameraConditions` describes what a real camera adds on top: lighting (brightness, colour temperature, an
-uneven gradient), blur, sensor noise, scale (distance to the belt) and position on the belt.
+uneven gradient), blur, sensor noise, scale (distance to the belt) and position on the belt. The `varied`,
+`heldout` and `cocoa` presets also vary what differs between plants: belt colour and texture, toppings and
+inclusions that are not defects (chocolate chips, nuts, sugar, seeds, glaze), dough colour, shadows, JPEG
+artefacts, rotation, image size and neighbouring cookies cut by the frame's edge; `heldout` and `cocoa` draw
+values that `varied` (the training set) never shows, to test a detector on what it was not tuned on.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-DEFECT_CLASSES: tuple[str, ...] = ("cracked", "deformed", "bubbled", "burnt")
+from services.vision.classes import DEFECT_CLASSES
 
 # The belt is a blue-grey food-grade conveyor; the vision service uses it as its colour reference.
 BELT_RGB = np.array([78.0, 90.0, 106.0], dtype=np.float32)
@@ -37,6 +41,21 @@ _BAKE_RGB = np.array(
     [[236, 206, 152], [214, 162, 92], [160, 98, 46], [62, 36, 20]],
     dtype=np.float32,
 )
+# Cocoa dough (a chocolate cookie): dark already when baked right; burnt is darker still.
+_COCOA_RGB = np.array([[150, 104, 74], [118, 76, 50], [88, 54, 34], [36, 22, 16]], dtype=np.float32)
+_DOUGHS = {"plain": _BAKE_RGB, "cocoa": _COCOA_RGB}
+
+# Belts: base colour and texture kind. `varied` trains on the first five; light grey and green are held out.
+_BELTS: dict[str, tuple[tuple[float, float, float], str]] = {
+    "standard": ((78.0, 90.0, 106.0), "weave"),
+    "dark": ((40.0, 40.0, 44.0), "rubber"),
+    "blue": ((40.0, 85.0, 155.0), "weave"),
+    "white": ((222.0, 222.0, 214.0), "rubber"),
+    "metal_mesh": ((140.0, 145.0, 150.0), "mesh"),
+    "light_grey": ((165.0, 168.0, 168.0), "rubber"),
+    "green": ((50.0, 120.0, 75.0), "weave"),
+}
+TOPPINGS: tuple[str, ...] = ("none", "chips", "sugar", "seeds", "glaze", "nuts", "poppy")
 
 
 @dataclass(frozen=True)
@@ -51,10 +70,61 @@ class CameraConditions:
     noise_sigma: tuple[float, float] = (1.0, 4.0)  # sensor noise, grey levels (0..255)
     scale: tuple[float, float] = (0.92, 1.08)  # cookie size relative to nominal
     position: float = 0.5  # fraction of the free margin the cookie centre may wander
+    # what differs between plants (the defaults are the simulator's own line); drawn uniformly per image
+    belts: tuple[str, ...] = ("standard",)
+    toppings: tuple[str, ...] = ("none",)
+    doughs: tuple[str, ...] = ("plain",)
+    dough_tint: float = 0.0  # per-channel jitter of the dough colour, relative
+    shadow: tuple[float, float] = (0.25, 0.25)  # darkening of the belt under the cookie
+    jpeg_quality: tuple[int, int] | None = None  # JPEG instead of PNG, quality drawn in this range
+    image_size: tuple[int, int] | None = None  # square output size drawn in this range (else `size`)
+    neighbours: float = 0.0  # probability of good cookies cut by the frame's edge next to this one
+    rotate: bool = False  # random quarter turn and mirror of the whole frame
+
+    @property
+    def varied(self) -> bool:
+        """Whether this camera varies more than lighting: then one more random stream is drawn per image."""
+        return (self.belts, self.toppings, self.doughs, self.dough_tint, self.shadow, self.jpeg_quality,
+                self.image_size, self.neighbours, self.rotate) != (
+            ("standard",), ("none",), ("plain",), 0.0, (0.25, 0.25), None, None, 0.0, False)
 
     @classmethod
     def standard(cls) -> CameraConditions:
         return cls()
+
+    @classmethod
+    def varied_training(cls) -> CameraConditions:
+        """Many plants and days: what the local detector is trained on."""
+        return cls(
+            name="varied",
+            brightness=(0.75, 1.3),
+            color_temperature_k=(4000.0, 9000.0),
+            lighting_gradient=(0.0, 0.15),
+            blur_sigma=(0.0, 1.2),
+            noise_sigma=(1.0, 9.0),
+            scale=(0.75, 1.25),
+            position=1.0,
+            belts=("standard", "dark", "blue", "white", "metal_mesh"),
+            toppings=("none", "none", "chips", "sugar", "seeds", "glaze", "nuts"),
+            dough_tint=0.08,
+            shadow=(0.05, 0.45),
+            jpeg_quality=(45, 95),
+            image_size=(128, 512),
+            neighbours=0.3,
+            rotate=True,
+        )
+
+    @classmethod
+    def heldout(cls) -> CameraConditions:
+        """Belts and a topping `varied` never shows (light grey, green; poppy seeds), sizes up to 1024 px."""
+        return replace(cls.varied_training(), name="heldout", belts=("light_grey", "green"),
+                       toppings=("none", "poppy"), image_size=(128, 1024))
+
+    @classmethod
+    def cocoa(cls) -> CameraConditions:
+        """A chocolate-dough line: kept out of the defaults, to show `train --images` learning a new line."""
+        return replace(cls.varied_training(), name="cocoa", doughs=("cocoa",),
+                       toppings=("none", "chips", "nuts"), image_size=(192, 320))
 
     @classmethod
     def harsh(cls) -> CameraConditions:
@@ -72,7 +142,8 @@ class CameraConditions:
 
     @classmethod
     def preset(cls, name: str) -> CameraConditions:
-        presets = {"standard": cls.standard, "harsh": cls.harsh}
+        presets = {"standard": cls.standard, "harsh": cls.harsh, "varied": cls.varied_training,
+                   "heldout": cls.heldout, "cocoa": cls.cocoa}
         if name not in presets:
             raise ValueError(f"unknown camera conditions {name!r}; expected one of {sorted(presets)}")
         return presets[name]()
@@ -120,9 +191,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(big, dtype=np.float32) / 127.5 - 1.0
 
 
-def _bake_to_rgb(bake: np.ndarray) -> np.ndarray:
+def _bake_to_rgb(bake: np.ndarray, stops_rgb: np.ndarray = _BAKE_RGB) -> np.ndarray:
     bake = np.clip(bake, 0.0, 1.0)
-    channels = [np.interp(bake, _BAKE_STOPS, _BAKE_RGB[:, c]) for c in range(3)]
+    channels = [np.interp(bake, _BAKE_STOPS, stops_rgb[:, c]) for c in range(3)]
     return np.stack(channels, axis=-1).astype(np.float32)
 
 
@@ -137,13 +208,174 @@ def _box(points: np.ndarray, pad: float, size: int) -> list[int]:
     ]
 
 
+@dataclass
+class _Variation:
+    """What differs between plants, drawn for one image when the conditions are `varied`."""
+
+    belt: str = "standard"
+    topping: str = "none"
+    dough: str = "plain"
+    tint: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=np.float32))
+    shadow: float = 0.25
+    jpeg_quality: int | None = None
+    size: int | None = None
+    neighbours: int = 0
+    quarter_turns: int = 0
+    mirror: bool = False
+    rng: np.random.Generator | None = None  # toppings, belt texture, neighbours
+
+
+def _draw_variation(conditions: CameraConditions, rng: np.random.Generator) -> _Variation:
+    def pick(options: tuple[str, ...]) -> str:
+        return str(options[int(rng.integers(0, len(options)))])
+
+    v = _Variation(belt=pick(conditions.belts), topping=pick(conditions.toppings), dough=pick(conditions.doughs))
+    v.tint = (1.0 + rng.uniform(-conditions.dough_tint, conditions.dough_tint, size=3)).astype(np.float32)
+    v.shadow = float(rng.uniform(*conditions.shadow))
+    if conditions.jpeg_quality is not None and rng.random() < 0.5:
+        v.jpeg_quality = int(rng.integers(conditions.jpeg_quality[0], conditions.jpeg_quality[1] + 1))
+    if conditions.image_size is not None:
+        v.size = int(rng.integers(conditions.image_size[0], conditions.image_size[1] + 1)) // 2 * 2
+    if rng.random() < conditions.neighbours:
+        v.neighbours = int(rng.integers(1, 3))
+    if conditions.rotate:
+        v.quarter_turns, v.mirror = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+    v.rng = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+    return v
+
+
+def _blob(canvas: np.ndarray, x: float, y: float, rx: float, ry: float, angle: float, colour: np.ndarray,
+          alpha: float = 1.0, shade: float = 0.0) -> None:
+    """Paint a soft-edged ellipse onto an H x W x 3 float canvas, in place; `shade` lightens its top left."""
+    h, w = canvas.shape[:2]
+    reach = max(rx, ry) + 2.0
+    x0, x1 = max(0, int(x - reach)), min(w, int(x + reach) + 1)
+    y0, y1 = max(0, int(y - reach)), min(h, int(y + reach) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    px, py = xx + 0.5 - x, yy + 0.5 - y
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = (px * c + py * s) / rx, (-px * s + py * c) / ry
+    d = np.sqrt(u * u + v * v)
+    a = np.clip((1.0 - d) * max(rx, ry), 0.0, 1.0) * alpha
+    paint = np.broadcast_to(colour, (y1 - y0, x1 - x0, 3)).astype(np.float32)
+    if shade:
+        paint = paint * (1.0 + shade * np.clip(-(px + py) / (rx + ry), -1.0, 1.0))[..., None]
+    canvas[y0:y1, x0:x1] = canvas[y0:y1, x0:x1] * (1.0 - a[..., None]) + paint * a[..., None]
+
+
+def _toppings(dough: np.ndarray, topping: str, rng: np.random.Generator, cx: float, cy: float, radius: float,
+              s: float) -> None:
+    """Inclusions and toppings that are not defects, painted onto the dough in place."""
+    if topping == "none":
+        return
+
+    def spot() -> tuple[float, float]:
+        angle, dist = rng.uniform(0, 2 * math.pi), math.sqrt(rng.uniform(0.0, 1.0)) * 0.78 * radius
+        return cx + dist * math.cos(angle), cy + dist * math.sin(angle)
+
+    if topping == "chips":  # chocolate chips: dark brown, compact, with a soft highlight
+        for _ in range(int(rng.integers(3, 13))):
+            x, y = spot()
+            r = rng.uniform(2.5, 5.5) * s
+            colour = np.array([rng.uniform(45, 75), rng.uniform(26, 42), rng.uniform(16, 28)], dtype=np.float32)
+            _blob(dough, x, y, r * rng.uniform(0.8, 1.2), r, rng.uniform(0, math.pi), colour, 1.0, 0.4)
+    elif topping == "nuts":  # nut pieces: tan, irregular, shaded edges
+        for _ in range(int(rng.integers(3, 8))):
+            x, y = spot()
+            r = rng.uniform(4.0, 8.0) * s
+            colour = np.array([rng.uniform(170, 215), rng.uniform(125, 165), rng.uniform(75, 110)],
+                              dtype=np.float32)
+            _blob(dough, x, y, r * rng.uniform(0.7, 1.3), r, rng.uniform(0, math.pi), colour, 1.0, 0.35)
+    elif topping == "sugar":  # coarse sugar: many small white crystals
+        for _ in range(int(rng.integers(30, 120))):
+            x, y = spot()
+            grey = rng.uniform(215, 250)
+            _blob(dough, x, y, rng.uniform(0.7, 1.4) * s, rng.uniform(0.7, 1.4) * s, 0.0,
+                  np.array([grey, grey, grey * 0.97], dtype=np.float32), rng.uniform(0.5, 0.9))
+    elif topping == "seeds":  # sesame: small pale elongated seeds
+        for _ in range(int(rng.integers(8, 30))):
+            x, y = spot()
+            colour = np.array([rng.uniform(215, 240), rng.uniform(195, 220), rng.uniform(145, 175)],
+                              dtype=np.float32)
+            _blob(dough, x, y, rng.uniform(2.5, 3.5) * s, rng.uniform(1.0, 1.5) * s, rng.uniform(0, math.pi),
+                  colour, 0.9, 0.2)
+    elif topping == "poppy":  # poppy seeds: many tiny blue-black dots
+        for _ in range(int(rng.integers(20, 60))):
+            x, y = spot()
+            r = rng.uniform(0.8, 1.3) * s
+            colour = np.array([rng.uniform(30, 50), rng.uniform(30, 45), rng.uniform(38, 58)], dtype=np.float32)
+            _blob(dough, x, y, r, r * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi), colour, 0.95)
+    elif topping == "glaze":  # a translucent sheen over the whole top, with a few soft specular streaks
+        size = dough.shape[0]
+        sheen = np.clip(_smooth_noise(rng, size, 5) * 0.5 + 0.5, 0.0, 1.0)[..., None]
+        dough += (235.0 - dough) * (rng.uniform(0.1, 0.25) * sheen)
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = spot()
+            _blob(dough, x, y, rng.uniform(8.0, 16.0) * s, rng.uniform(1.2, 2.0) * s, rng.uniform(0, math.pi),
+                  np.array([245.0, 240.0, 230.0], dtype=np.float32), rng.uniform(0.25, 0.45))
+
+
+def _belt(kind: str, rng: np.random.Generator, size: int, s: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """A belt of the given kind (see _BELTS), colour jittered a little from plant to plant."""
+    colour, texture = _BELTS[kind]
+    base = np.array(colour, dtype=np.float32) * (1.0 + rng.uniform(-0.06, 0.06, size=3)).astype(np.float32)
+    if texture == "weave":
+        pattern = 1.0 + 0.03 * np.sin(yy * (2 * math.pi / (5.0 * s))) + rng.normal(0.0, 0.02, size=(size, size))
+    elif texture == "rubber":
+        pattern = 1.0 + 0.04 * _smooth_noise(rng, size, 12) + rng.normal(0.0, 0.015, size=(size, size))
+    else:  # metal mesh: bright wires on a dark, open weave, slightly askew
+        period = rng.uniform(5.0, 9.0) * s
+        angle = rng.uniform(-0.3, 0.3)
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        v = -xx * math.sin(angle) + yy * math.cos(angle)
+        wires = np.maximum(np.cos(u * 2 * math.pi / period), np.cos(v * 2 * math.pi / period))
+        pattern = 0.75 + 0.3 * np.clip(wires, 0.0, 1.0) + rng.normal(0.0, 0.02, size=(size, size))
+    return base * pattern[..., None].astype(np.float32)
+
+
+def _neighbours(frame: np.ndarray, count: int, rng: np.random.Generator, cx: float, cy: float, reach: float,
+                radius: float, shadow: float) -> None:
+    """Good cookies cut by the frame's edge, never touching the inspected one, painted in place."""
+    size = frame.shape[0]
+    for _ in range(count):
+        side = int(rng.integers(0, 4))
+        along = rng.uniform(0.0, size)
+        out = rng.uniform(0.3, 0.8) * radius  # how far outside the frame its centre lies
+        nx, ny = [(-out, along), (size + out, along), (along, -out), (along, size + out)][side]
+        nr = radius * rng.uniform(0.9, 1.1)
+        if math.hypot(nx - cx, ny - cy) < reach + nr + 8.0:
+            continue
+        colour = _bake_to_rgb(np.array(rng.uniform(0.3, 0.5)))
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        rho = np.hypot(xx + 0.5 - nx, yy + 0.5 - ny)
+        cover = np.clip(nr - rho + 0.5, 0.0, 1.0)[..., None]
+        shade = np.clip((nr + 5.0 - rho) / 5.0, 0.0, 1.0)[..., None]
+        grain = (1.0 + rng.normal(0.0, 0.03, size=(size, size)))[..., None].astype(np.float32)
+        frame *= 1.0 - shadow * shade * (1.0 - cover)
+        frame[:] = frame * (1.0 - cover) + colour * grain * cover
+
+
+def _turn_box(box: list[int], size: int, turns: int, mirror: bool) -> list[int]:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    mask = np.rot90(mask, turns)
+    if mirror:
+        mask = mask[:, ::-1]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
 def render_cookie(
     defects: frozenset[str],
     rng: np.random.Generator,
     size: int = 256,
     conditions: CameraConditions | None = None,
 ) -> tuple[bytes, list[dict]]:
-    """Render one cookie on the belt; return (PNG bytes, true defect boxes [{"class", "box": [x0,y0,x1,y1]}])."""
+    """Render one cookie on the belt; return (image bytes, true defect boxes [{"class", "box": [x0,y0,x1,y1]}]).
+
+    The image is a PNG, or a JPEG when the conditions draw JPEG artefacts."""
     unknown = set(defects) - set(DEFECT_CLASSES)
     if unknown:
         raise ValueError(f"unknown defect classes {sorted(unknown)}; expected a subset of {DEFECT_CLASSES}")
@@ -154,6 +386,10 @@ def render_cookie(
     # so the defect is the only difference.
     shot_rng, shape_rng, dough_rng, bubble_rng, crack_rng, belt_rng = (
         np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=6))
+    # a varied camera draws one more stream (after the six, so the simulator's own camera renders as before)
+    variation = _draw_variation(conditions, rng) if conditions.varied else _Variation()
+    if variation.size is not None:
+        size = variation.size
     shot = _draw_shot(conditions, shot_rng)
     s = size / 256.0  # every length below is given for a 256 x 256 frame
 
@@ -191,9 +427,11 @@ def render_cookie(
         bake += 0.08 * np.clip(_smooth_noise(dough_rng, size, 6), 0, 1)  # blackened patches
     else:
         bake += 0.03 * _smooth_noise(dough_rng, size, 6)
-    dough = _bake_to_rgb(bake)
+    dough = _bake_to_rgb(bake, _DOUGHS[variation.dough]) * variation.tint
     texture = 1.0 + 0.05 * _smooth_noise(dough_rng, size, 24) + dough_rng.normal(0.0, 0.025, size=(size, size))
     dough *= texture[..., None].astype(np.float32)
+    if variation.rng is not None:  # toppings lie under blisters and cracks
+        _toppings(dough, variation.topping, variation.rng, cx, cy, radius, s * shot.scale)
 
     truth: list[dict] = []
     cookie_pixels = np.argwhere(coverage > 0.5)[:, ::-1].astype(np.float32)  # (x, y)
@@ -253,13 +491,24 @@ def render_cookie(
         if "burnt" in defects:
             truth.append({"class": "burnt", "box": cookie_box})
 
-    # --- belt: blue-grey with a woven texture; a soft shadow under the cookie.
-    belt = np.broadcast_to(BELT_RGB, (size, size, 3)).astype(np.float32)
-    weave = 1.0 + 0.03 * np.sin(yy * (2 * math.pi / 5.0)) + belt_rng.normal(0.0, 0.02, size=(size, size))
-    belt = belt * weave[..., None].astype(np.float32)
+    # --- belt: blue-grey with a woven texture (or the drawn plant's belt); a soft shadow under the cookie.
+    if variation.rng is None:
+        belt = np.broadcast_to(BELT_RGB, (size, size, 3)).astype(np.float32)
+        weave = 1.0 + 0.03 * np.sin(yy * (2 * math.pi / 5.0)) + belt_rng.normal(0.0, 0.02, size=(size, size))
+        belt = belt * weave[..., None].astype(np.float32)
+    else:
+        belt = _belt(variation.belt, belt_rng, size, s, yy, xx)
     shadow = np.clip((outline + 5.0 * s - rho) / (5.0 * s), 0.0, 1.0)
-    belt *= (1.0 - 0.25 * shadow)[..., None]
+    belt *= (1.0 - variation.shadow * shadow)[..., None]
     frame = belt * (1.0 - coverage[..., None]) + dough * coverage[..., None]
+    if variation.neighbours and variation.rng is not None:
+        _neighbours(frame, variation.neighbours, variation.rng, cx, cy, max_extent, radius, variation.shadow)
+    if variation.quarter_turns or variation.mirror:
+        frame = np.rot90(frame, variation.quarter_turns)
+        if variation.mirror:
+            frame = frame[:, ::-1]
+        truth = [{"class": t["class"], "box": _turn_box(t["box"], size, variation.quarter_turns, variation.mirror)}
+                 for t in truth]
 
     # --- camera: lighting (brightness, colour temperature, gradient), blur, noise.
     ramp = (dx * math.cos(shot.gradient_angle) + dy * math.sin(shot.gradient_angle)) / size
@@ -273,9 +522,48 @@ def render_cookie(
     image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    if variation.jpeg_quality is not None:
+        image.save(buffer, format="JPEG", quality=variation.jpeg_quality)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
     truth.sort(key=lambda d: DEFECT_CLASSES.index(d["class"]))
     return buffer.getvalue(), truth
+
+
+OUT_OF_DISTRIBUTION: tuple[str, ...] = ("blank_belt", "something_else", "zoomed")
+
+
+def render_unusual(kind: str, rng: np.random.Generator, size: int = 256) -> bytes:
+    """An image a cookie detector should decline to judge (PNG): a blank belt of any kind, a scene that is not
+    a cookie on a belt (smooth coloured regions and objects, like a photo of something else), or a cookie
+    seen at 10x zoom (only dough, perhaps a crack or blister, fills the frame)."""
+    if kind == "blank_belt":
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        frame = _belt(str(rng.choice(list(_BELTS))), rng, size, size / 256.0, yy, xx)
+        frame *= (1.0 + rng.uniform(0, 0.1) * (xx / size - 0.5))[..., None]
+    elif kind == "something_else":
+        colours = rng.uniform(20, 235, size=(2, 3)).astype(np.float32)
+        horizon = _smooth_noise(rng, size, 3)[..., None] * 0.5 + np.linspace(0, 1, size)[:, None, None]
+        frame = np.where(horizon > 0.5, colours[0], colours[1]).astype(np.float32)
+        frame *= (1.0 + 0.15 * _smooth_noise(rng, size, 16))[..., None]
+        for _ in range(int(rng.integers(1, 5))):
+            _blob(frame, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.05, 0.3) * size,
+                  rng.uniform(0.05, 0.3) * size, rng.uniform(0, math.pi),
+                  rng.uniform(10, 245, size=3).astype(np.float32), 1.0, 0.3)
+    elif kind == "zoomed":
+        big = 1024
+        png, _ = render_cookie(random_defects(rng, 0.6), rng, size=big)
+        cookie = Image.open(io.BytesIO(png))
+        side = big // 10
+        x0, y0 = (int(v) for v in rng.integers(big // 2 - 2 * side, big // 2 + side, size=2))
+        zoomed = cookie.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BICUBIC)
+        frame = np.asarray(zoomed, dtype=np.float32)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {OUT_OF_DISTRIBUTION}")
+    frame = frame + rng.normal(0.0, 3.0, size=frame.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def random_defects(rng: np.random.Generator, defect_rate: float = 0.5) -> frozenset[str]:
@@ -336,7 +624,8 @@ class CameraEmitter:
         form.add_field("item_id", item_id)
         stamp = captured_at.isoformat() if isinstance(captured_at, datetime) else str(captured_at)
         form.add_field("captured_at", stamp)
-        form.add_field("image", png, filename=f"{item_id}.png", content_type="image/png")
+        kind = "jpeg" if png[:2] == b"\xff\xd8" else "png"
+        form.add_field("image", png, filename=f"{item_id}.{kind}", content_type=f"image/{kind}")
         session = await self._client()
         async with session.post(self.intake_url, data=form) as response:
             if response.status >= 300:

@@ -20,11 +20,18 @@ def build_store(settings: VisionSettings) -> ObjectStore:
     return LocalObjectStore(settings.image_store_dir)
 
 
-def build_detector(settings: VisionSettings):
-    if settings.detector == "bedrock":
+def build_detector(settings: VisionSettings, name: str | None = None):
+    if (name or settings.detector) == "bedrock":
         return make_detector("bedrock", model_id=settings.bedrock_model_id, region=settings.bedrock_region,
                              version=settings.bedrock_model_version, tool_choice=settings.bedrock_tool_choice)
     return make_detector("local", model_path=settings.local_model_path)
+
+
+def build_fallback(settings: VisionSettings):
+    """The detector for images the local one abstains on (Bedrock), or None."""
+    if settings.fallback == "bedrock" and settings.detector == "local":
+        return build_detector(settings, "bedrock")
+    return None
 
 
 def build(rt: Runtime[VisionSettings]) -> Service:
@@ -34,14 +41,15 @@ def build(rt: Runtime[VisionSettings]) -> Service:
 
     settings = rt.settings
     try:
-        detector, store = build_detector(settings), build_store(settings)
+        detector, store, fallback = build_detector(settings), build_store(settings), build_fallback(settings)
     except (OSError, ValueError) as exc:
         raise StartupError(f"vision: {type(exc).__name__}: {exc}") from exc
     service = VisionService(
         detector, store, KafkaInspectionSink(Producer(settings)),
         service_name=settings.service_name, max_image_bytes=settings.max_image_bytes,
         max_batch=settings.max_batch, expected_size=settings.expected_size(),
-        detector_threads=settings.detector_threads)
+        detector_threads=settings.detector_threads, max_pixels=settings.max_pixels,
+        working_side=settings.detect_max_side, fallback=fallback)
     event(log, "vision_built", detector=service.detector.model.to_dict())
 
     async def close() -> None:

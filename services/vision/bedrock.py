@@ -3,10 +3,14 @@
 The image goes in as a Converse image block; the answer is forced into JSON through tool use: one tool,
 `report_cookie_inspection`, whose input schema is the inspection (verdict, defects with class, confidence, box
 and a short reason), and `toolChoice` naming that tool (`{"any": {}}` for models that do not support naming one).
-The tool input is validated: anything malformed is asked for once more, then refused with a DetectionError
+The tool input is validated: anything malformed is asked for once more, in the same conversation with the
+validation error as the tool's result (so the model sees what to correct), then refused with a DetectionError
 that says what was wrong. Throttling and cold starts (ThrottlingException, ModelNotReadyException,
 ServiceUnavailableException) are retried here with capped exponential backoff and jitter; botocore's own retries
-are switched off so the attempts do not multiply.
+are switched off so the attempts do not multiply. A ValidationException (the request or image refused) or an
+AccessDeniedException / ResourceNotFoundException (no access to the model) is permanent: no retry, and the
+intake answers 422 or 500, never 503 "try again". An image over Bedrock's limits (3.75 MB, 8000 px; by default
+we send at most 1568 px, what the models see anyway) is downscaled first and the boxes scaled back.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from services.vision.classes import DEFECT_CLASSES
 from services.vision.detector import (
-    DEFECT_CLASSES,
     Defect,
     Detection,
     DetectionError,
     ModelRef,
+    PermanentDetectionError,
     detection_from_classes,
 )
 from services.vision.imaging import DecodedImage
@@ -32,6 +37,10 @@ log = logging.getLogger(__name__)
 
 TOOL_NAME = "report_cookie_inspection"
 RETRYABLE_ERRORS = frozenset({"ThrottlingException", "ModelNotReadyException", "ServiceUnavailableException"})
+# permanent: the request (the image) is refused, or the service cannot use the model; the intake's answer
+PERMANENT_ERRORS = {"ValidationException": 422, "AccessDeniedException": 500, "ResourceNotFoundException": 500}
+MAX_IMAGE_BYTES = 3_750_000  # Converse's limit per image
+MAX_IMAGE_SIDE = 1568  # larger images are downscaled by the models anyway; Converse's own limit is 8000
 
 INSPECTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -83,6 +92,8 @@ class BedrockDetector:
         max_delay_s: float = 10.0,
         invalid_answer_retries: int = 1,
         sleep: Callable[[float], None] = time.sleep,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_image_side: int = MAX_IMAGE_SIDE,
     ) -> None:
         if tool_choice not in ("tool", "any"):
             raise ValueError("tool_choice must be 'tool' (name the tool) or 'any' (models that cannot name one)")
@@ -103,17 +114,35 @@ class BedrockDetector:
         self.max_delay_s = max_delay_s
         self.invalid_answer_retries = invalid_answer_retries
         self.sleep = sleep
+        self.max_image_bytes = max_image_bytes
+        self.max_image_side = max_image_side
         self.retries = 0  # throttling / cold-start retries made, for metrics and tests
 
-    def request(self, image: DecodedImage) -> dict[str, Any]:
-        data, image_format = image.data, image.format
-        if not data:
-            from PIL import Image
+    def image_block(self, image: DecodedImage) -> tuple[bytes, str, int, int]:
+        """The bytes to send, their format and size: the image as received when within Bedrock's limits, else
+        downscaled (and re-encoded as JPEG) until it is."""
+        from PIL import Image
 
+        data, image_format = image.data, image.format
+        width, height = image.width, image.height
+        if data and len(data) <= self.max_image_bytes and max(width, height) <= self.max_image_side:
+            return data, image_format, width, height
+        source = Image.open(io.BytesIO(data)).convert("RGB") if data else Image.fromarray(image.pixels)
+        side, quality = min(self.max_image_side, max(source.size)), 90
+        while True:
+            reduced = source.copy()
+            reduced.thumbnail((side, side), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
-            Image.fromarray(image.pixels).save(buffer, format="PNG")
-            data, image_format = buffer.getvalue(), "png"
-        prompt = (f"Inspect this cookie. The image is {image.width} x {image.height} pixels. "
+            reduced.save(buffer, format="JPEG", quality=quality)
+            if buffer.tell() <= self.max_image_bytes or side <= 64:
+                return buffer.getvalue(), "jpeg", reduced.width, reduced.height
+            side, quality = int(side * 0.75), max(60, quality - 10)
+
+    def request(self, image: DecodedImage) -> dict[str, Any]:
+        return self._request(*self.image_block(image))
+
+    def _request(self, data: bytes, image_format: str, width: int, height: int) -> dict[str, Any]:
+        prompt = (f"Inspect this cookie. The image is {width} x {height} pixels. "
                   f"Call {TOOL_NAME} with your verdict and every defect you see.")
         return {
             "modelId": self.model.model_id,
@@ -138,6 +167,9 @@ class BedrockDetector:
                 return self.client.converse(**request)
             except ClientError as error:
                 code = error.response.get("Error", {}).get("Code", "")
+                if code in PERMANENT_ERRORS:
+                    message = error.response.get("Error", {}).get("Message", "")
+                    raise PermanentDetectionError(f"bedrock {code}: {message}", PERMANENT_ERRORS[code]) from None
                 if code not in RETRYABLE_ERRORS or attempt == self.max_attempts:
                     raise
                 delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
@@ -149,19 +181,44 @@ class BedrockDetector:
 
     def detect(self, image: DecodedImage) -> Detection:
         started = time.perf_counter()
-        request = self.request(image)
+        data, image_format, width, height = self.image_block(image)
+        request = self._request(data, image_format, width, height)
         problem = ""
         for _ in range(1 + self.invalid_answer_retries):
             response = self._converse(request)
             try:
-                defects = parse_tool_answer(response, image.width, image.height)
+                defects = parse_tool_answer(response, width, height)
             except DetectionError as error:
                 problem = str(error)
                 log.warning("bedrock answer refused: %s", problem)
+                request = reask(request, response, problem)
                 continue
+            if (width, height) != (image.width, image.height):  # boxes back to the image's own pixels
+                fx, fy = image.width / width, image.height / height
+                defects = [Defect(d.defect_class, d.confidence,
+                                  [round(d.box[0] * fx), round(d.box[1] * fy), min(image.width, round(d.box[2] * fx)),
+                                   min(image.height, round(d.box[3] * fy))], d.reason) for d in defects]
             return detection_from_classes(defects, self.model, started,
                                           {d.defect_class: d.confidence for d in defects})
         raise DetectionError(problem)
+
+
+def reask(request: dict[str, Any], response: dict[str, Any], problem: str) -> dict[str, Any]:
+    """The request continued with the model's answer and what was wrong with it, so the next answer can differ.
+
+    A tool call gets a toolResult with status error (Converse requires one for every toolUse); an answer
+    without the tool gets a user turn saying the tool must be called."""
+    answer = response.get("output", {}).get("message") or {"role": "assistant", "content": [{"text": "(empty)"}]}
+    uses = [b["toolUse"] for b in answer.get("content", []) if isinstance(b, dict) and "toolUse" in b]
+    correction = (f"That answer was invalid: {problem}. Call {TOOL_NAME} again with a corrected answer that "
+                  "follows the input schema exactly.")
+    if uses:
+        follow_up = [{"toolResult": {"toolUseId": use.get("toolUseId", ""), "status": "error",
+                                     "content": [{"text": correction}]}} for use in uses]
+    else:
+        follow_up = [{"text": correction}]
+    return {**request, "messages": [*request["messages"], {"role": "assistant", "content": answer["content"]},
+                                    {"role": "user", "content": follow_up}]}
 
 
 def parse_tool_answer(response: dict[str, Any], width: int, height: int) -> list[Defect]:

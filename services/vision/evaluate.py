@@ -1,7 +1,6 @@
-"""Moved to services/vision/training/evaluate.py (offline tools import the simulator; the service does not)."""
+"""`python -m services.vision.evaluate`: see services/vision/training/evaluate.py (the documented command)."""
 
-from services.vision.training.evaluate import *  # noqa: F403
-from services.vision.training.evaluate import main  # noqa: F401
+from services.vision.training.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

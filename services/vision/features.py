@@ -1,52 +1,95 @@
-"""The local detector's classical pipeline: from RGB pixels to a short feature vector and defect regions.
+"""The local detector's pipeline: from RGB pixels of any size to a feature vector and defect regions.
 
-Steps (numpy only, about a dozen whole-frame operations on a 256 x 256 image):
-1. White balance against the belt: the frame border shows only belt, whose colour is known, so per-channel
-   gains from the border's median undo brightness and colour temperature at once.
-2. Segment the cookie at half resolution: distance from the belt colour, smoothed, majority-filtered.
-3. Outline: the cookie's radius along 64 rays from its centroid; the harmonics 2..6 of that profile measure
-   how far from round it is (deformed).
-4. Bake: median brightness and red-blue balance of the dough (burnt).
-5. Cracks: a line detector on brightness relative to the dough: pixels darker than both sides in one of four
-   directions (a thin dark line), counted inside the cookie.
-6. Bubbles: a blob detector: pixels brighter than every one of eight points on a ring around them.
-The classifier on top (services/vision/detector.py) is a logistic regression per class trained by
-services/vision/train.py on rendered images.
+Nothing here assumes a belt colour, an image size or a lighting:
+1. Working frame: the image reduced to 128 px on its longer side.
+2. Belt model per image: a colour plane (per channel a + b x + c y, so a lighting gradient is part of it) fitted
+   robustly to the frame's border, and the border's own spread; everything that differs from that model by more
+   than the belt's texture and noise is foreground. The belt may be any colour, dark, light or a metal mesh.
+3. The inspected cookie: the foreground blob nearest the centre, traced along 64 rays from its centre (holes,
+   toppings and neighbouring cookies cut by the frame's edge do not matter). Its radius profile gives the shape
+   (deformed) and says whether it is a cookie at all (abstention: nothing found, cut by the frame, not round
+   enough, too small or too large, not dough-coloured).
+4. Scale: the cookie is cut out and resampled to a 112 x 112 canonical crop, so every later measure is relative
+   to the cookie's own size, whatever the camera's distance or resolution.
+5. Colour: brightness is measured relative to the dough's own median (robust to exposure and colour casts);
+   the dough's colour relative to the belt and its chroma feed the burnt measure.
+6. Local structure on the crop, each a ring detector (a pixel against 8 points on a ring around it):
+   cracks are darker than most of the ring but not all of it (a line leaves the ring twice); chocolate chips
+   and other dark inclusions are darker than the whole ring (a blob); blisters are brighter than most of the
+   ring on the smallest colour channel, and large; sugar crystals and seeds are small bright specks.
+The classifier on top (services/vision/detector.py, a small neural network in numpy) is trained by
+services/vision/training/train.py on broadly randomised renders, and retrained from a plant's own images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-# The belt colour the simulator's conveyor has (simulator/camera.py BELT_RGB); the reference for white balance.
-BELT_REFERENCE_RGB = np.array([78.0, 90.0, 106.0], dtype=np.float32)
-
 FEATURE_NAMES: tuple[str, ...] = (
     "harmonics_2_6",
     "radius_range",
-    "dough_brightness",
-    "dough_red_blue",
-    "crack_pixels_low",
-    "crack_pixels_high",
-    "crack_dense",
-    "bubble_pixels_low",
-    "bubble_pixels_high",
-    "white_pixels",
-    "noise_relative",
-    "cookie_radius",
+    "radius_min_max",
+    "size_in_frame",
+    "dough_luma",
+    "dough_vs_belt",
+    "chroma_red_blue",
+    "chroma_green_blue",
+    "saturation",
+    "dark_fraction",
+    "texture_spread",
+    "rim_ratio",
+    "luma_p05",
+    "crack_line_low",
+    "crack_line_high",
+    "crack_line_long",
+    "crack_line_max",
+    "crack_line_energy",
+    "dark_blobs",
+    "dark_blob_max",
+    "bubble_low",
+    "bubble_high",
+    "bubble_max",
+    "bubble_energy",
+    "white_area",
+    "bright_specks",
+    "noise",
+    "belt_spread",
 )
 
+SEG = 128  # working frame: longer side, pixels
+CANON = 112  # canonical crop side, pixels
 _RAYS = 64
-_BORDER = 4
-_CRACK_OFFSET = 5
-_BUBBLE_RING = 14
+_BORDER = 3
+_ANGLES = np.linspace(0.0, 2 * np.pi, _RAYS, endpoint=False)
+_COS, _SIN = np.cos(_ANGLES), np.sin(_ANGLES)
+_CROP_MARGIN = 1.08  # crop half-side relative to the cookie's largest radius
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+# canonical crop geometry, computed once: every pixel's angle and distance from the crop's centre
+_cy, _cx = np.mgrid[0:CANON, 0:CANON].astype(np.float32) + 0.5 - CANON / 2.0
+_CANON_RHO = np.hypot(_cx, _cy)
+_CANON_RAY = ((np.arctan2(_cy, _cx) % (2 * np.pi)) / (2 * np.pi) * _RAYS).astype(np.float32)
 
 
-class NoCookieError(ValueError):
+class AbstainError(ValueError):
+    """The image is not one the detector can judge; `reason` is a short label (metrics), the message says why."""
+
+    reason = "unfamiliar"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class NoCookieError(AbstainError):
     """No cookie could be found in the frame."""
+
+    reason = "no_cookie"
 
 
 @dataclass
@@ -57,197 +100,255 @@ class Analysis:
     bubble_box: list[int] | None
 
 
-def box_filter(image: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1) x (2r+1) window, edges replicated; via cumulative sums, cost independent of r."""
-    if radius <= 0:
-        return image.astype(np.float32, copy=False)
+def _blur(image: np.ndarray, radius: int) -> np.ndarray:
+    """Box mean over (2r+1)^2 of a float image, edges replicated; via cumulative sums."""
     k = 2 * radius + 1
-    padded = np.pad(image.astype(np.float32, copy=False), ((radius + 1, radius), (radius + 1, radius)), mode="edge")
+    padded = np.pad(image, ((radius + 1, radius), (radius + 1, radius)), mode="edge")
     padded[0, :] = 0.0
     padded[:, 0] = 0.0
     summed = padded.cumsum(axis=0).cumsum(axis=1)
-    window = summed[k:, k:] - summed[:-k, k:] - summed[k:, :-k] + summed[:-k, :-k]
-    return window / float(k * k)
+    return (summed[k:, k:] - summed[:-k, k:] - summed[k:, :-k] + summed[:-k, :-k]) / float(k * k)
 
 
-def _shift(image: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
-    """image[y + dy, x + dx], with `fill` where that falls outside the frame."""
-    out = np.full_like(image, fill)
+def _ring(radius: int) -> list[tuple[int, int]]:
+    q = max(1, round(radius * 0.7071))
+    return [(0, radius), (radius, 0), (0, -radius), (-radius, 0), (q, q), (q, -q), (-q, q), (-q, -q)]
+
+
+def _ring_order(image: np.ndarray, radius: int, fill: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: the lowest, second lowest and third lowest of 8 points on a ring around it (`fill` outside)."""
     h, w = image.shape
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    out[yd, xd] = image[ys, xs]
-    return out
+    r = radius
+    padded = np.pad(image, r, mode="constant", constant_values=fill)
+    big = np.float32(1e6)
+    first, second, third = (np.full_like(image, big) for _ in range(3))
+    for dy, dx in _ring(radius):
+        value = padded[r + dy:r + dy + h, r + dx:r + dx + w]  # a view: image[y + dy, x + dx]
+        np.minimum(third, np.maximum(second, value), out=third)
+        np.minimum(second, np.maximum(first, value), out=second)
+        np.minimum(first, value, out=first)
+    return first, second, third
 
 
-def _bbox(mask: np.ndarray, factor: int = 1) -> list[int] | None:
+def _bbox(mask: np.ndarray) -> list[int] | None:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    return [int(cols[0]) * factor, int(rows[0]) * factor, int(cols[-1] + 1) * factor, int(rows[-1] + 1) * factor]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)]
 
 
-def _offset(box: list[int] | None, dx: int, dy: int) -> list[int] | None:
-    return None if box is None else [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
+def _per_1000(count: int, area: float) -> float:
+    return float(np.log1p(count * 1000.0 / area))
 
 
-def _blur_u8(image: np.ndarray, radius: int) -> np.ndarray:
-    """Box mean of a uint8 image over a (2r+1) x (2r+1) window (Pillow, in C), as uint8."""
-    return np.asarray(Image.fromarray(image, mode="L").filter(ImageFilter.BoxBlur(radius)))
+@lru_cache(maxsize=16)
+def _frame_geometry(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per working-frame shape: x and y in -0.5..0.5, the border mask and the border's design matrix."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx = xx / w - 0.5
+    yy = yy / h - 0.5
+    b = _BORDER
+    border = np.zeros((h, w), dtype=bool)
+    border[:b] = border[-b:] = True
+    border[:, :b] = border[:, -b:] = True
+    design = np.stack([np.ones(int(border.sum()), dtype=np.float32), xx[border], yy[border]], axis=1)
+    return xx, yy, border, design
 
 
-def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation of a boolean mask by a square of the given radius."""
-    return _blur_u8(mask.view(np.uint8) * np.uint8(255), radius) > 0
+def _belt_model(small: np.ndarray) -> tuple[np.ndarray, float]:
+    """Fit colour = a + b x + c y (per channel) to the border robustly; the expected belt colour everywhere."""
+    h, w = small.shape[:2]
+    xx, yy, border, design = _frame_geometry(h, w)
+    colours = small[border]
+    # start from the border's median colour (robust), then fit the plane to the inliers twice: a neighbouring
+    # cookie cut by the frame's edge is not belt and must not pull the plane or inflate the spread
+    coef = np.zeros((3, 3), dtype=np.float32)
+    coef[0] = np.median(colours, axis=0)
+    residual = np.linalg.norm(colours - coef[0], axis=1)
+    keep = residual <= max(3.0 * float(np.median(residual)), 6.0)
+    for _ in range(2):
+        used = design[keep]
+        coef = np.linalg.solve(used.T @ used + 1e-3 * np.eye(3, dtype=np.float32), used.T @ colours[keep])
+        residual = np.linalg.norm(colours - design @ coef, axis=1)
+        keep = residual <= max(3.0 * float(np.median(residual[keep])), 6.0)
+    spread = float(np.median(residual[keep]))
+    plane = coef[0] + xx[..., None] * coef[1] + yy[..., None] * coef[2]
+    return plane.astype(np.float32), spread
 
 
-def _shrink(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Erosion of a boolean mask by a square of the given radius."""
-    return _blur_u8(mask.view(np.uint8) * np.uint8(255), radius) >= 255
+def _trace(mask: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray, int]:
+    """The blob's radius along each ray from (cy, cx), and how many rays ran out of the frame inside it."""
+    h, w = mask.shape
+    steps = np.arange(0, max(h, w), dtype=np.float32)
+    ys = np.rint(cy + _SIN[:, None] * steps).astype(np.intp)
+    xs = np.rint(cx + _COS[:, None] * steps).astype(np.intp)
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    samples = mask[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] & inside
+    gap = ~samples[:, :-1] & ~samples[:, 1:]  # two outside samples in a row end the blob (holes of 1 px do not)
+    # a ray starting in a hole (a white blister on a white belt) begins at its first foreground sample
+    begin = samples.argmax(axis=1)
+    begin[begin > 8] = 0  # a hole, not a blister's width: the ray ends there
+    gap &= np.arange(gap.shape[1])[None, :] >= begin[:, None]
+    first = np.where(gap.any(axis=1), gap.argmax(axis=1), len(steps) - 1)
+    exits = np.where((~inside).any(axis=1), (~inside).argmax(axis=1), len(steps))
+    return first.astype(np.float32) + 0.5, int(np.count_nonzero(first >= exits - 2))
 
 
 def analyse(pixels: np.ndarray) -> Analysis:
-    """Features and regions of one RGB frame (H x W x 3, uint8)."""
+    """Features and regions of one RGB frame (H x W x 3, uint8); AbstainError when it cannot be judged."""
     height, width = pixels.shape[:2]
-    if height % 2 or width % 2:
-        pixels = pixels[: height - height % 2, : width - width % 2]
-        height, width = pixels.shape[:2]
-    scale = width / 256.0
     frame = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    factor = max(height, width) / SEG  # frame pixels per working pixel
+    sw, sh = max(16, round(width / factor)), max(16, round(height / factor))
+    small = frame.resize((sw, sh), Image.Resampling.BOX)
+    smooth = np.asarray(small.filter(ImageFilter.BoxBlur(2)), dtype=np.float32)
 
-    # 1. white balance against the belt seen at the border
-    b = _BORDER
-    border = np.concatenate([
-        pixels[:b].reshape(-1, 3), pixels[-b:].reshape(-1, 3),
-        pixels[b:-b, :b].reshape(-1, 3), pixels[b:-b, -b:].reshape(-1, 3),
-    ])
-    belt_seen = np.median(border, axis=0).astype(np.float32)
-    gains = BELT_REFERENCE_RGB / np.maximum(belt_seen, 1.0)
-    # white-balanced brightness (clipped at 255 by Pillow; dough and belt stay well below)
-    luma = np.asarray(frame.convert("L", (0.299 * gains[0], 0.587 * gains[1], 0.114 * gains[2], 0.0)))
-
-    # sensor noise from the top belt strip: median absolute difference of horizontal neighbours
-    strip = luma[:b].astype(np.int16)
-    noise = max(float(np.median(np.abs(np.diff(strip, axis=1)))) * 1.4826 / np.sqrt(2.0), 0.5)
-
-    # 2. segmentation at half resolution
-    half_raw = np.asarray(frame.reduce(2), dtype=np.float32)
-    half = half_raw * gains
-    offset = half - BELT_REFERENCE_RGB
-    # channel by channel: numpy reduces a length-3 last axis slowly
+    # 2. belt model and foreground
+    plane, spread = _belt_model(smooth)
+    offset = smooth - plane
     distance = np.sqrt(offset[..., 0] ** 2 + offset[..., 1] ** 2 + offset[..., 2] ** 2)
-    distance = box_filter(distance, 1)
-    mask = _blur_u8(((distance > 60.0) * 255).astype(np.uint8), 2) > 127
-    area = np.count_nonzero(mask)
-    if area < 0.01 * mask.size:
+    mask = distance > max(14.0, 4.0 * spread)
+
+    # 3. the inspected cookie: the solid blob nearest the centre
+    core_u8 = Image.fromarray(mask.view(np.uint8) * np.uint8(255), mode="L").filter(ImageFilter.BoxBlur(5))
+    core = np.asarray(core_u8, dtype=np.float32) / 255.0
+    xx, yy, _, _ = _frame_geometry(sh, sw)
+    centred = core * (1.0 - 0.5 * np.hypot(yy, xx))
+    seed = int(centred.argmax())
+    if core.flat[seed] < 0.6:
         raise NoCookieError("no cookie found in the image")
-    ys, xs = np.nonzero(mask)
-    cy, cx = float(ys.mean()), float(xs.mean())
-
-    # 3. outline along rays from the centroid
-    angles = np.linspace(0.0, 2 * np.pi, _RAYS, endpoint=False)
-    max_r = max(height, width) // 2
-    steps = np.arange(max_r, dtype=np.float32)
-    ray_y = np.clip(np.rint(cy + np.sin(angles)[:, None] * steps), 0, mask.shape[0] - 1).astype(np.intp)
-    ray_x = np.clip(np.rint(cx + np.cos(angles)[:, None] * steps), 0, mask.shape[1] - 1).astype(np.intp)
-    profile = mask[ray_y, ray_x].sum(axis=1).astype(np.float32)
-    mean_radius = float(profile.mean())
-    spectrum = np.abs(np.fft.rfft(profile / max(mean_radius, 1.0))) * (2.0 / _RAYS)
-    harmonics = float(spectrum[2:7].sum())
+    cy, cx = float(seed // sw), float(seed % sw)
+    for _ in range(2):
+        profile, cut = _trace(mask, cy, cx)
+        # centroid of the star-shaped region the rays outline
+        weights = profile**2
+        cx += float((2.0 / 3.0) * (profile**3 * _COS).sum() / weights.sum())
+        cy += float((2.0 / 3.0) * (profile**3 * _SIN).sum() / weights.sum())
+    profile, cut = _trace(mask, cy, cx)
+    mean_r = float(profile.mean())
+    if cut >= 3:
+        raise AbstainError("the object is cut by the frame's edge: the whole cookie must be in view",
+                           "cut_by_frame")
+    size_in_frame = 2.0 * mean_r / min(sh, sw)
+    if size_in_frame < 0.15 or mean_r < 6:
+        raise NoCookieError("no cookie found in the image (only a small object)")
+    if size_in_frame > 0.9:
+        raise AbstainError("the object fills the frame: not a cookie seen whole", "too_close")
     smoothed = (np.roll(profile, 1) + profile + np.roll(profile, -1)) / 3.0
-    radius_range = float((smoothed.max() - smoothed.min()) / max(mean_radius, 1.0))
+    radius_min_max = float(smoothed.min() / smoothed.max())
+    if radius_min_max < 0.22:
+        raise AbstainError("the object is not cookie-shaped", "not_round")
+    spectrum = np.abs(np.fft.rfft(profile / mean_r)) * (2.0 / _RAYS)
+    harmonics = float(spectrum[2:7].sum())
+    radius_range = float((smoothed.max() - smoothed.min()) / mean_r)
 
-    # interior: cookie mask eroded by 3 half-resolution pixels, back at full resolution
-    interior_half = _shrink(mask, 3)
-    if np.count_nonzero(interior_half) < 12:
-        raise NoCookieError("the object in the image is too small to be a cookie")
-    # full-resolution work happens only in the cookie's box (plus a margin of belt): a quarter of the frame
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    margin = 6
-    hy0, hy1 = max(0, int(rows[0]) - margin), min(mask.shape[0], int(rows[-1]) + 1 + margin)
-    hx0, hx1 = max(0, int(cols[0]) - margin), min(mask.shape[1], int(cols[-1]) + 1 + margin)
-    crop_half = (slice(hy0, hy1), slice(hx0, hx1))
-    crop = (slice(2 * hy0, 2 * hy1), slice(2 * hx0, 2 * hx1))
-    interior = interior_half[crop_half].repeat(2, axis=0).repeat(2, axis=1)
-    luma_crop = luma[crop]
+    # 4. canonical crop around the cookie, in frame pixels
+    half = _CROP_MARGIN * float(profile.max()) * factor
+    fcx, fcy = (cx + 0.5) * factor, (cy + 0.5) * factor
+    x0, y0 = fcx - half, fcy - half
+    scale = 2.0 * half / CANON  # frame pixels per canonical pixel
+    box = (round(x0), round(y0), round(fcx + half), round(fcy + half))
+    crop = np.asarray(frame.crop(box).resize((CANON, CANON), Image.Resampling.BILINEAR), dtype=np.float32)
+    # the cookie's outline in the crop: the ray profile, interpolated between rays
+    ray = _CANON_RAY
+    low = ray.astype(np.intp) % _RAYS
+    frac = ray - np.floor(ray)
+    outline = (profile[low] * (1 - frac) + profile[(low + 1) % _RAYS] * frac) * factor / scale
+    rho = _CANON_RHO
+    cookie = rho < outline - 1.0
+    interior = rho < 0.86 * outline
+    rim = cookie & ~interior
+    area = float(np.count_nonzero(interior))
+    if area < 200:
+        raise NoCookieError("the object is too small to be a cookie")
 
-    # 4. bake
-    dough_half = half[interior_half]
-    dough_level = max(float(np.median(luma_crop[interior])), 8.0)
-    red_blue = float(np.median(dough_half[:, 0] - dough_half[:, 2]))
-    noise_relative = noise / dough_level
+    # 5. colour, relative to the dough's own median
+    dough = crop[interior]
+    median = np.median(dough[::2], axis=0)
+    dough_luma = max(float(median @ _LUMA), 4.0)
+    belt_luma = max(float(plane[sh // 2, sw // 2] @ _LUMA), 4.0)
+    total = max(float(median.sum()), 1.0)
+    if not (median[0] >= 0.9 * median[2] and median[0] >= 0.8 * median[1]):
+        raise AbstainError("the object is not dough-coloured", "not_dough")
+    luma = (crop @ _LUMA) / dough_luma
+    dough_rel = luma[interior]
+    p05, p10, p90 = np.percentile(dough_rel[::2], (5, 10, 90))
 
-    # 6. bubbles first (cracks are not searched next to them), at half resolution: a blob brighter than at
-    # least six of eight points on a ring around it (two may fall inside an elongated blob of merged bubbles).
-    # The signal is each pixel's smallest white-balanced channel: blue for dough of any bake, high on a blister,
-    # and the last channel to clip in an over-exposed frame. Outside the cookie counts as bright, so the rim
-    # never responds; thresholds rise with the noise.
-    lowest = np.minimum(np.minimum(half[..., 0], half[..., 1]), half[..., 2])
-    lowest_level = max(float(np.median(lowest[interior_half])), 8.0)
-    lowest_noise = noise * 1.5 / lowest_level  # per-channel noise is about 1.5 x the luma noise
-    blob = box_filter(np.where(mask, lowest / lowest_level, 10.0), 1)
-    r = max(2, round(_BUBBLE_RING * scale / 2))
-    rq = max(1, round(r * 0.7071))
-    first = np.full_like(blob, -10.0)
-    second = first.copy()
-    third = first.copy()
-    for dy, dx in ((0, r), (r, 0), (0, -r), (-r, 0), (rq, rq), (rq, -rq), (-rq, rq), (-rq, -rq)):
-        value = _shift(blob, dy, dx, 10.0)
-        np.maximum(third, np.minimum(second, value), out=third)
-        np.maximum(second, np.minimum(first, value), out=second)
-        np.maximum(first, value, out=first)
-    bubble_response = blob - third
-    bubble_low_half = (bubble_response > max(0.12, 0.8 * lowest_noise)) & interior_half
-    bubble_high_half = (bubble_response > max(0.3, 1.6 * lowest_noise)) & interior_half
-    # blisters are near white at their top (clipped to white in over-exposed frames); dough never is
-    clipped = np.minimum(np.minimum(half_raw[..., 0], half_raw[..., 1]), half_raw[..., 2]) > 235.0
-    white_half = ((lowest > 160.0) | clipped) & interior_half
-    near_bubble = _grow(bubble_high_half, 1)[crop_half].repeat(2, axis=0).repeat(2, axis=1)
+    # 6. local structure on the crop; outside the cookie counts as dough (1.0) so the rim never responds
+    capped = np.where(cookie, np.minimum(luma, 1.25), 1.0).astype(np.float32)
+    centre = _blur(capped, 1)
+    lowest, _, third = _ring_order(centre, 5, 1.0)
+    line = (third - centre) * (lowest - centre < 0.12)  # darker than most of the ring, not all of it
+    blob_dark = lowest - centre  # darker than the whole ring
+    line_low = (line > 0.15) & interior
+    line_high = (line > 0.3) & interior
+    # long: a line pixel with several more within a few pixels (a crack), not an isolated speck
+    long_line = (_blur(line_low.astype(np.float32), 3) > 0.16) & line_low
+    noise = float(np.median(np.abs(capped - centre)[interior]))
 
-    # 5. cracks: darker than both sides along one of four directions, in grey levels relative to the dough
-    capped = np.minimum(luma_crop, np.uint8(min(255, 1.3 * dough_level)))
-    centre = _blur_u8(capped, 1).astype(np.int16)
-    sides = _blur_u8(capped, 2).astype(np.int16)
-    d = max(2, round(_CRACK_OFFSET * scale))
-    q = max(2, round(d * 0.7071))
-    crack_response = np.full(centre.shape, -255, dtype=np.int16)
-    for dy, dx in ((0, d), (d, 0), (q, q), (q, -q)):
-        darker_than_both = np.minimum(_shift(sides, dy, dx, 0), _shift(sides, -dy, -dx, 0)) - centre
-        np.maximum(crack_response, darker_than_both, out=crack_response)
-    searched = interior & ~near_bubble
-    crack_low = (crack_response > dough_level * max(0.12, 1.2 * noise_relative)) & searched
-    crack_high = (crack_response > dough_level * max(0.25, 2.0 * noise_relative)) & searched
-    crack_dense = (_blur_u8(crack_low.view(np.uint8) * np.uint8(255), 2) > 102) & searched
+    # Blisters lift the dough towards white: its weakest channel (blue) rises far more than its strongest
+    # (red). "Lift" = weakest channel / dough's, over strongest channel / dough's: 1 on dough, about 2 on a
+    # blister's top, whatever the light's colour (per-channel gains cancel); a nut, a lighter or shaded patch
+    # keeps the dough's hue (about 1.2 to 1.5) and is not a defect.
+    weak, strong = int(np.argmin(median)), int(np.argmax(median))
+    lift = ((crop[..., weak] / max(float(median[weak]), 4.0))
+            / np.maximum(crop[..., strong] / max(float(median[strong]), 4.0), 0.1))
+    bright = np.where(cookie, lift, 10.0).astype(np.float32)
+    bright_c = _blur(bright, 1)
+    _, _, third_b = _ring_order(-bright_c, 9, -10.0)  # on the negated image: the third highest
+    bubble = (bright_c + third_b) * interior  # how much above the third-highest ring point
+    bubble_low = bubble > 0.4
+    bubble_high = bubble > 0.8
+    white = (bright_c > 1.7) & interior
+    _, _, third_s = _ring_order(-bright, 3, -10.0)
+    specks = ((bright + third_s) > 0.35) & interior
 
-    cookie_area = max(float(4 * np.count_nonzero(interior_half)), 1.0)
-    per_area = 1000.0 / cookie_area  # counts per 1000 dough pixels: independent of cookie size
     features = np.array(
         [
             harmonics,
             radius_range,
-            dough_level / 100.0,
-            red_blue / 100.0,
-            np.log1p(np.count_nonzero(crack_low) * per_area),
-            np.log1p(np.count_nonzero(crack_high) * per_area),
-            np.log1p(np.count_nonzero(crack_dense) * per_area),
-            np.log1p(4.0 * np.count_nonzero(bubble_low_half) * per_area),
-            np.log1p(4.0 * np.count_nonzero(bubble_high_half) * per_area),
-            np.log1p(4.0 * np.count_nonzero(white_half) * per_area),
-            noise_relative,
-            2.0 * mean_radius / (62.0 * scale),
+            radius_min_max,
+            size_in_frame,
+            dough_luma / 255.0,
+            float(np.log(dough_luma / belt_luma)),
+            float((median[0] - median[2]) / total),
+            float((median[1] - median[2]) / total),
+            float((median.max() - median.min()) / max(float(median.max()), 1.0)),
+            float(np.count_nonzero(dough_rel < 0.7) / area),
+            float(p90 - p10),
+            float(np.median(luma[rim])) if rim.any() else 1.0,
+            float(p05),
+            _per_1000(int(np.count_nonzero(line_low)), area),
+            _per_1000(int(np.count_nonzero(line_high)), area),
+            _per_1000(int(np.count_nonzero(long_line)), area),
+            float(np.percentile(line[interior], 99.5)),
+            float(np.log1p(line[line_low].sum() * 1000.0 / area)),
+            _per_1000(int(np.count_nonzero((blob_dark > 0.2) & interior)), area),
+            float(np.percentile(blob_dark[interior], 99.5)),
+            _per_1000(int(np.count_nonzero(bubble_low)), area),
+            _per_1000(int(np.count_nonzero(bubble_high)), area),
+            float(np.percentile(bubble[interior], 99.5)),
+            float(np.log1p(bubble[bubble_low].sum() * 1000.0 / area)),
+            _per_1000(int(np.count_nonzero(white)), area),
+            _per_1000(int(np.count_nonzero(specks)), area),
+            noise,
+            spread / max(belt_luma, 4.0),
         ],
         dtype=np.float32,
     )
-    bubble_box = _bbox(bubble_high_half, 2) or _bbox(bubble_low_half, 2)
-    if bubble_box is not None:  # the response covers a blister's top; its edge lies a few pixels further out
-        pad = round(3 * scale)
-        bubble_box = [max(0, bubble_box[0] - pad), max(0, bubble_box[1] - pad),
-                      min(width, bubble_box[2] + pad), min(height, bubble_box[3] + pad)]
+
+    def to_frame(crop_box: list[int] | None, pad: float = 0.0) -> list[int] | None:
+        if crop_box is None:
+            return None
+        return [max(0, int(x0 + (crop_box[0] - pad) * scale)), max(0, int(y0 + (crop_box[1] - pad) * scale)),
+                min(width, int(np.ceil(x0 + (crop_box[2] + pad) * scale))),
+                min(height, int(np.ceil(y0 + (crop_box[3] + pad) * scale)))]
+
+    cookie_box = to_frame(_bbox(cookie), 1.0) or [0, 0, width, height]
     return Analysis(
         features=features,
-        cookie_box=_bbox(mask, 2) or [0, 0, width, height],
-        crack_box=_offset(_bbox(crack_dense), 2 * hx0, 2 * hy0),
-        bubble_box=bubble_box,
+        cookie_box=cookie_box,
+        crack_box=to_frame(_bbox(long_line), 2.0),
+        bubble_box=to_frame(_bbox(bubble_high) or _bbox(bubble_low), 3.0),
     )

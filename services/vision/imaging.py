@@ -31,13 +31,20 @@ class ImageTooLargeError(ImageError):
     status = 413
 
 
+# Intake limits: the most pixels an image may have, and the longest side the local detector works on (a larger
+# image is reduced while it is decoded, so a 4096 px upload costs a few ms more, not a second of a worker).
+MAX_PIXELS = 4096 * 4096
+WORKING_SIDE = 512
+
+
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: np.ndarray  # H x W x 3, uint8, RGB
+    pixels: np.ndarray  # H x W x 3, uint8, RGB; possibly a reduced copy of the image (see scale)
     format: str  # png, jpeg, webp or gif
-    width: int
+    width: int  # of the image as received
     height: int
     data: bytes = b""  # the encoded bytes as received (what a remote model is sent)
+    scale: float = 1.0  # image pixels per pixel of `pixels` (> 1 when the image was reduced for detection)
 
 
 def decode_image(
@@ -45,10 +52,15 @@ def decode_image(
     *,
     max_bytes: int | None = None,
     min_side: int = 64,
-    max_side: int = 4096,
+    max_side: int = 8192,
+    max_pixels: int | None = MAX_PIXELS,
     expected_size: tuple[int, int] | None = None,
+    working_side: int | None = None,
 ) -> DecodedImage:
-    """Decode and validate an image; raise ImageError saying what is wrong with it."""
+    """Decode and validate an image; raise ImageError saying what is wrong with it.
+
+    With `working_side`, an image whose longer side exceeds it is reduced to about that size while decoding
+    (JPEG decodes at a fraction of its size directly); `scale` says by how much."""
     if not data:
         raise NotAnImageError("empty image: no bytes received")
     if max_bytes is not None and len(data) > max_bytes:
@@ -67,6 +79,11 @@ def decode_image(
             if width > max_side or height > max_side:
                 raise ImageTooLargeError(
                     f"image is {width}x{height} pixels; the largest side allowed is {max_side}")
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+            if working_side and max(width, height) > working_side and image_format == "JPEG":
+                image.draft("RGB", (working_side, working_side))  # decode at 1/2, 1/4 or 1/8 scale
             image.load()  # decodes every pixel: a truncated file fails here
     except ImageError:
         raise
@@ -84,4 +101,11 @@ def decode_image(
         )
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return DecodedImage(np.asarray(image), ACCEPTED_FORMATS[image_format], width, height, data)
+    if working_side and max(image.size) > working_side:
+        factor = max(image.size) // working_side
+        if factor >= 2:
+            image = image.reduce(factor)  # a fast box average
+        if max(image.size) > working_side:
+            image.thumbnail((working_side, working_side), Image.Resampling.BILINEAR)
+    return DecodedImage(np.asarray(image), ACCEPTED_FORMATS[image_format], width, height, data,
+                        width / image.size[0])

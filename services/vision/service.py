@@ -6,10 +6,13 @@ Routes (next to /livez, /readyz and /metrics from lineguard.health):
     POST /v1/images/batch   JSON {"items": [...]}: several images, each answered on its own
     GET  /v1/detector       which detector judges the images
 
-Each image: metadata checked -> image decoded and checked -> stored in the object store (or read from it, for a
-claim-check reference) -> judged by the detector (in a thread, off the event loop) -> the inspection published
-through the sink, which returns only once the record is durably written -> 200 with the inspection.
-Anything wrong with the input is a 4xx naming the problem; nothing is published for it.
+Each image: metadata checked -> image decoded and checked (a large image reduced while decoding) -> judged by
+the detector (in a thread, off the event loop) -> stored in the object store (unless it came from there, as a
+claim-check reference) -> the inspection published through the sink, which returns only once the record is
+durably written -> 200 with the inspection. Anything wrong with the input is a 4xx naming the problem; nothing
+is published for it and a refused image is not kept. When the detector abstains (the image is unlike anything
+it was trained on), the fallback detector (Bedrock) judges it if one is configured; otherwise the answer is 200
+with verdict `abstained`: the image is kept for labelling, counted, and not published.
 """
 
 from __future__ import annotations
@@ -28,8 +31,17 @@ from aiohttp import web
 
 from lineguard import telemetry
 from lineguard.logs import event, get_logger
-from services.vision.detector import DEFECT_CLASSES, DetectionError, Detector
-from services.vision.imaging import ImageError, ImageTooLargeError, NotAnImageError, decode_image
+from services.vision.classes import DEFECT_CLASSES
+from services.vision.detector import Detection, DetectionError, Detector, PermanentDetectionError
+from services.vision.imaging import (
+    MAX_PIXELS,
+    WORKING_SIDE,
+    DecodedImage,
+    ImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    decode_image,
+)
 from services.vision.inspections import ImageMeta, InspectionSink, build_inspection
 from services.vision.store import ForeignReferenceError, ObjectNotFoundError, ObjectStore, image_key
 
@@ -106,8 +118,14 @@ class VisionService:
         max_batch: int = 64,
         expected_size: tuple[int, int] | None = None,
         detector_threads: int = 2,
+        max_pixels: int | None = MAX_PIXELS,
+        working_side: int | None = WORKING_SIDE,
+        fallback: Detector | None = None,
     ) -> None:
         self.detector = detector
+        self.fallback = fallback  # judges what the detector abstains on
+        self.max_pixels = max_pixels
+        self.working_side = working_side
         self.store = store
         self.sink = sink
         self.max_image_bytes = max_image_bytes
@@ -124,6 +142,10 @@ class VisionService:
                                                   ["provider"])
         self.request_latency = telemetry.histogram(s, "request_duration_seconds", "Intake request time.",
                                                    ["route"])
+        self.abstentions = telemetry.counter(s, "abstentions", "Images the detector declined to judge, by reason.",
+                                             ["reason"])
+        self.fallbacks = telemetry.counter(s, "fallbacks", "Abstentions sent to the fallback detector, by outcome.",
+                                           ["outcome"])
         for name in DEFECT_CLASSES:  # so every class shows up at 0 before the first defect
             self.defects.labels(name)
 
@@ -139,6 +161,9 @@ class VisionService:
             event(log, "image_rejected", level=20, item_id=upload.meta.item_id, line_id=upload.meta.line_id,
                   status=error.status, reason=error.reason, error=str(error))
             raise
+        if inspection["verdict"] == "abstained":
+            self.images.labels("abstained").inc()
+            return inspection
         self.images.labels("inspected").inc()
         self.verdicts.labels(inspection["verdict"]).inc()
         for defect in inspection["defects"]:
@@ -160,24 +185,58 @@ class VisionService:
         try:
             decoded = await loop.run_in_executor(
                 self.executor,
-                lambda: decode_image(data, max_bytes=self.max_image_bytes, expected_size=self.expected_size))
+                lambda: decode_image(data, max_bytes=self.max_image_bytes, expected_size=self.expected_size,
+                                     max_pixels=self.max_pixels, working_side=self.working_side))
         except ImageError as error:
             reason = ("not_an_image" if isinstance(error, NotAnImageError)
                       else "too_large" if isinstance(error, ImageTooLargeError) else "bad_image")
             raise IntakeError(error.status, str(error), reason) from None
+        detection = await self._detect(self.detector, decoded)
+        if detection.abstained:
+            self.abstentions.labels(detection.abstention or "unknown").inc()
+            event(log, "image_abstained", level=20, item_id=upload.meta.item_id, line_id=upload.meta.line_id,
+                  reason=detection.abstention, detail=detection.message)
+            if self.fallback is not None:
+                detection = await self._ask_fallback(detection, decoded)
+        # stored only once judged: an image the detector refused is not kept
         image_uri = upload.image_uri
         if image_uri is None:
             key = image_key(upload.meta.line_id, upload.meta.station, upload.meta.item_id,
                             upload.meta.captured_at, decoded.format)
             image_uri = await self.store.put(key, data, _CONTENT_TYPES[decoded.format])
-        try:
-            detection = await loop.run_in_executor(self.executor, self.detector.detect, decoded)
-        except DetectionError as error:
-            raise IntakeError(422, f"could not judge the image: {error}", "undetectable") from None
-        self.detect_latency.labels(detection.model.provider).observe(detection.latency_ms / 1000.0)
+        if detection.abstained:  # kept for labelling, not published: no verdict to publish
+            return {"verdict": "abstained", "reason": detection.abstention, "message": detection.message,
+                    "item_id": upload.meta.item_id, "line_id": upload.meta.line_id, "station": upload.meta.station,
+                    "image_uri": image_uri, "model": detection.model.to_dict(), "published": False}
         inspection = build_inspection(upload.meta, detection, image_uri)
         await self.sink.publish(inspection)
         return inspection
+
+    async def _detect(self, detector: Detector, decoded: DecodedImage) -> Detection:
+        loop = asyncio.get_running_loop()
+        try:
+            detection = await loop.run_in_executor(self.executor, detector.detect, decoded)
+        except PermanentDetectionError as error:  # the model refused this image (or us) for good: no retry
+            raise IntakeError(error.status, f"the model refused the image: {error}", "refused_by_model") from None
+        except DetectionError as error:
+            raise IntakeError(422, f"could not judge the image: {error}", "undetectable") from None
+        self.detect_latency.labels(detection.model.provider).observe(detection.latency_ms / 1000.0)
+        return detection
+
+    async def _ask_fallback(self, abstained: Detection, decoded: DecodedImage) -> Detection:
+        assert self.fallback is not None
+        try:
+            detection = await self._detect(self.fallback, decoded)
+        except IntakeError as error:  # the abstention stands: the image is kept and counted
+            self.fallbacks.labels("failed").inc()
+            event(log, "fallback_failed", level=30, error=str(error))
+            return abstained
+        except Exception as error:  # throttled past its retries, network: the abstention stands too
+            self.fallbacks.labels("failed").inc()
+            event(log, "fallback_failed", level=30, error=repr(error))
+            return abstained
+        self.fallbacks.labels("judged").inc()
+        return detection
 
     # --- HTTP -----------------------------------------------------------------------------------------------
 

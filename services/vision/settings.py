@@ -43,6 +43,14 @@ class VisionSettings(Settings):
         help="WIDTHxHEIGHT every image must have (e.g. 256x256); unset = any size from 64 to 4096 pixels.")
     detector_threads: int = env_field(2, env="LINEGUARD_VISION_DETECTOR_THREADS",
                                       help="Threads that run the detector off the event loop.")
+    max_pixels: int = env_field(4096 * 4096, env="LINEGUARD_VISION_MAX_PIXELS",
+                                help="Most pixels an image may have (width x height); larger ones get 413.")
+    detect_max_side: int = env_field(
+        512, env="LINEGUARD_VISION_DETECT_MAX_SIDE",
+        help="Longer side the local detector works on: larger images are reduced while decoding.")
+    fallback: str = env_field(
+        "none", env="LINEGUARD_VISION_FALLBACK",
+        help="none, or bedrock: images the local detector abstains on are judged by Bedrock.")
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +66,12 @@ class VisionSettings(Settings):
             raise SettingsError(f"LINEGUARD_VISION_MAX_IMAGE_BYTES={self.max_image_bytes}: expected >= 1024")
         if self.max_batch < 1:
             raise SettingsError(f"LINEGUARD_VISION_MAX_BATCH={self.max_batch}: expected a positive integer")
+        if self.fallback not in ("none", "bedrock"):
+            raise SettingsError(f"LINEGUARD_VISION_FALLBACK={self.fallback!r}: expected none or bedrock")
+        if self.max_pixels < 64 * 64:
+            raise SettingsError(f"LINEGUARD_VISION_MAX_PIXELS={self.max_pixels}: expected >= 4096")
+        if self.detect_max_side < 128:
+            raise SettingsError(f"LINEGUARD_VISION_DETECT_MAX_SIDE={self.detect_max_side}: expected >= 128")
         if self.detector_threads < 1:
             raise SettingsError(f"LINEGUARD_VISION_DETECTOR_THREADS={self.detector_threads}: expected >= 1")
         self.expected_size()

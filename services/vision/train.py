@@ -1,7 +1,6 @@
-"""Moved to services/vision/training/train.py (offline tools import the simulator; the service does not)."""
+"""`python -m services.vision.train`: see services/vision/training/train.py (kept here as the documented command)."""
 
-from services.vision.training.train import *  # noqa: F403
-from services.vision.training.train import main  # noqa: F401
+from services.vision.training.train import main
 
 if __name__ == "__main__":
     main()

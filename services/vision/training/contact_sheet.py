@@ -1,8 +1,8 @@
 """Draw a contact sheet of rendered cookies with their true boxes, for people to see the defects.
 
-    python -m services.vision.contact_sheet [--out docs/vision-contact-sheet.png] [--seed 5] [--detect]
+    python -m services.vision.training.contact_sheet [--out docs/vision-contact-sheet.png] [--seed 5] [--detect]
 
-Rows: standard camera, harsh camera. Columns: good, each defect alone, and a few combinations. With --detect the
+Rows: standard camera, harsh camera, varied (training) camera, held-out belts and toppings. Columns: good, each defect alone, and a few combinations. With --detect the
 local detector's boxes are drawn too (true boxes in red, detected ones in green, detected classes below).
 """
 
@@ -39,7 +39,8 @@ def contact_sheet(seed: int = 5, detect: bool = False) -> Image.Image:
 
         detector = LocalDetector()
     rng = np.random.default_rng(seed)
-    rows = [CameraConditions.standard(), CameraConditions.harsh()]
+    rows = [CameraConditions.standard(), CameraConditions.harsh(), CameraConditions.varied_training(),
+            CameraConditions.heldout()]
     sheet = Image.new("RGB", (TILE * len(COLUMNS), (TILE + LABEL) * len(rows)), (255, 255, 255))
     pen = ImageDraw.Draw(sheet)
     for r, conditions in enumerate(rows):
@@ -48,13 +49,14 @@ def contact_sheet(seed: int = 5, detect: bool = False) -> Image.Image:
             tile = Image.open(io.BytesIO(png)).convert("RGB")
             draw = ImageDraw.Draw(tile)
             for item in truth:
-                draw.rectangle(item["box"], outline=(230, 30, 30), width=2)
+                draw.rectangle(item["box"], outline=(230, 30, 30), width=max(2, tile.width // 128))
             found = ""
             if detector is not None:
-                detection = detector.detect(decode_image(png))
+                detection = detector.detect(decode_image(png, working_side=512))
                 for defect in detection.defects:
-                    draw.rectangle(defect.box, outline=(40, 220, 60), width=1)
-                found = "seen: " + (", ".join(sorted(detection.classes)) or "good")
+                    draw.rectangle(defect.box, outline=(40, 220, 60), width=max(1, tile.width // 160))
+                found = "seen: " + ("abstained" if detection.abstained
+                                    else ", ".join(sorted(detection.classes)) or "good")
             x, y = c * TILE, r * (TILE + LABEL)
             sheet.paste(tile.resize((TILE, TILE), Image.Resampling.LANCZOS), (x, y))
             name = ", ".join(sorted(defects)) or "good"

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from services.vision.bedrock import TOOL_NAME, BedrockDetector
-from services.vision.detector import DetectionError
+from services.vision.detector import DetectionError, PermanentDetectionError
 from services.vision.imaging import decode_image
 from simulator.camera import render_cookie
 
@@ -110,13 +110,85 @@ def test_retries_give_up_after_max_attempts(client, image):
             detector.detect(image)
 
 
-def test_validation_errors_are_not_retried(client, image):
+@pytest.mark.parametrize(("code", "http", "status"), [("ValidationException", 400, 422),
+                                                      ("AccessDeniedException", 403, 500),
+                                                      ("ResourceNotFoundException", 404, 500)])
+def test_refusals_are_permanent_not_retried(client, image, code, http, status):
     detector = BedrockDetector(MODEL_ID, client=client, sleep=lambda s: None)
     with Stubber(client) as stub:
-        stub.add_client_error("converse", service_error_code="ValidationException", http_status_code=400)
-        with pytest.raises(ClientError, match="ValidationException"):
+        stub.add_client_error("converse", service_error_code=code, service_message="no", http_status_code=http)
+        with pytest.raises(PermanentDetectionError, match=code) as caught:
             detector.detect(image)
-    assert detector.retries == 0
+        stub.assert_no_pending_responses()
+    assert detector.retries == 0 and caught.value.status == status
+
+
+def test_a_reask_carries_the_validation_error(client, image):
+    detector = BedrockDetector(MODEL_ID, client=client, sleep=lambda s: None)
+    bad = tool_response({"verdict": "maybe", "defects": []})
+    first = expected_request(image)
+    second = {**first, "messages": [
+        first["messages"][0],
+        {"role": "assistant", "content": bad["output"]["message"]["content"]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "status": "error", "content": [
+            {"text": ANY}]}}]},
+    ]}
+    seen: list[dict] = []
+    client.meta.events.register("before-parameter-build.bedrock-runtime.Converse",
+                                lambda params, **_: seen.append(params))
+    with Stubber(client) as stub:
+        stub.add_response("converse", bad, first)
+        stub.add_response("converse", tool_response({"verdict": "ok", "defects": []}), second)
+        assert detector.detect(image).verdict == "ok"
+        stub.assert_no_pending_responses()
+    correction = seen[1]["messages"][2]["content"][0]["toolResult"]["content"][0]["text"]
+    assert "verdict must be 'ok' or 'defective', got 'maybe'" in correction
+    assert seen[0]["messages"] != seen[1]["messages"]
+
+
+def test_an_answer_without_the_tool_is_reasked_with_a_text_correction(client, image):
+    detector = BedrockDetector(MODEL_ID, client=client, sleep=lambda s: None)
+    text_only = {"output": {"message": {"role": "assistant", "content": [{"text": "looks fine"}]}},
+                 "stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+                 "metrics": {"latencyMs": 1}}
+    seen: list[dict] = []
+    client.meta.events.register("before-parameter-build.bedrock-runtime.Converse",
+                                lambda params, **_: seen.append(params))
+    with Stubber(client) as stub:
+        stub.add_response("converse", text_only)
+        stub.add_response("converse", tool_response({"verdict": "ok", "defects": []}))
+        assert detector.detect(image).verdict == "ok"
+    assert [m["role"] for m in seen[1]["messages"]] == ["user", "assistant", "user"]
+    assert f"did not call {TOOL_NAME}" in seen[1]["messages"][2]["content"][0]["text"]
+
+
+def test_an_oversize_image_is_downscaled_and_the_boxes_scaled_back(client):
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, size=(1200, 1500, 3), dtype=np.uint8)  # incompressible: about 5.4 MB as PNG
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="PNG", compress_level=0)
+    image = decode_image(buffer.getvalue(), working_side=512)
+    assert len(image.data) > 3_750_000
+    detector = BedrockDetector(MODEL_ID, client=client, sleep=lambda s: None, max_image_side=784)
+    sent: list[dict] = []
+    client.meta.events.register("before-parameter-build.bedrock-runtime.Converse",
+                                lambda params, **_: sent.append(params))
+    answer = {"verdict": "defective", "defects": [
+        {"defect_class": "burnt", "confidence": 0.9, "box": [0, 0, 784, 627], "reason": "dark"}]}
+    with Stubber(client) as stub:
+        stub.add_response("converse", tool_response(answer))
+        detection = detector.detect(image)
+    block = sent[0]["messages"][0]["content"][0]["image"]
+    small = Image.open(io.BytesIO(block["source"]["bytes"]))
+    assert block["format"] == "jpeg" and len(block["source"]["bytes"]) <= 3_750_000
+    assert small.size == (784, 627)
+    assert "784 x 627 pixels" in sent[0]["messages"][0]["content"][1]["text"]
+    # the model's box on the small image, back in the uploaded image's pixels
+    assert detection.defects[0].box == [0, 0, 1500, 1200]
 
 
 @pytest.mark.parametrize(

@@ -1,21 +1,25 @@
-"""The local detector: at budget on fresh seeds (standard and harsh camera), well-formed output, reproducible."""
+"""The local detector: at budget on fresh seeds and on belts and toppings it never saw, abstains on what is not a
+cookie seen whole, well-formed output, training reproducible, a line's own images learnt."""
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.vision import evaluate, train
-from services.vision.detector import DEFECT_CLASSES, DetectionError, LocalDetector, make_detector
+from services.vision.classes import DEFECT_CLASSES
+from services.vision.detector import LocalDetector, make_detector
 from services.vision.imaging import decode_image
-from simulator.camera import render_cookie
+from services.vision.training import evaluate, train
+from services.vision.training.dataset import write_folder
+from simulator.camera import OUT_OF_DISTRIBUTION, CameraConditions, render_cookie, render_unusual
 
-# Seeds nobody trained on (training uses 1 and 2); the full-size run is `python -m services.vision.evaluate`.
-IMAGES_PER_CONDITION = 200
+# Seeds nobody trained on (training uses 1 to 3); the full-size runs are `python -m services.vision.evaluate`.
+IMAGES = 100
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +27,44 @@ def detector() -> LocalDetector:
     return LocalDetector()
 
 
-@pytest.mark.parametrize(("conditions", "seed"), [("standard", 9001), ("harsh", 9002)])
-def test_precision_and_recall_at_budget_on_a_fresh_seed(detector, conditions, seed):
-    scores = evaluate.score_images(detector, seed, IMAGES_PER_CONDITION, conditions)
-    assert scores.images == IMAGES_PER_CONDITION and scores.undecided == 0
+def assert_floor(scores: evaluate.Scores, floor: float, name: str) -> None:
     for label in evaluate.LABELS:
-        assert scores.support[label] >= 25, f"too few {label} images to judge"
+        assert scores.support[label] >= 12, f"too few {label} images to judge"
         precision, recall, _ = scores.metrics(label)
-        assert precision >= 0.95 and recall >= 0.95, (
-            f"{conditions} {label}: precision {precision:.3f} recall {recall:.3f}\n"
-            + evaluate.report(scores, conditions))
+        assert precision >= floor and recall >= floor, (
+            f"{name} {label}: precision {precision:.3f} recall {recall:.3f}\n" + evaluate.report(scores, name))
+
+
+def test_standard_camera_at_budget_on_a_fresh_seed(detector):
+    scores = evaluate.score_images(detector, 9001, IMAGES, "standard")
+    assert scores.images == IMAGES and scores.abstained == 0
+    assert_floor(scores, 0.95, "standard")
+
+
+def test_belts_and_toppings_never_trained_on_at_budget(detector):
+    # held-out belts (light grey, green) and topping (nuts); sizes kept small here only to keep the test quick
+    conditions = replace(CameraConditions.heldout(), image_size=(128, 320))
+    rng = np.random.default_rng(9002)
+    items = []
+    from services.vision.training.dataset import LabelledImage
+    from simulator.camera import random_defects
+
+    for _ in range(IMAGES):
+        defects = random_defects(rng, 0.6)
+        data, truth = render_cookie(defects, rng, conditions=conditions)
+        items.append(LabelledImage(data, defects, truth))
+    scores = evaluate.score_items(detector, items)
+    assert scores.abstained <= 2
+    assert_floor(scores, 0.90, "heldout")
+
+
+@pytest.mark.parametrize("kind", OUT_OF_DISTRIBUTION)
+def test_out_of_distribution_images_are_abstentions(detector, kind):
+    rng = np.random.default_rng(77)
+    for _ in range(2):
+        detection = detector.detect(decode_image(render_unusual(kind, rng), working_side=512))
+        assert detection.abstained and detection.verdict == "abstained", (kind, detection)
+        assert detection.defects == () and detection.abstention and detection.message
 
 
 def test_output_is_well_formed(detector):
@@ -52,22 +84,47 @@ def test_output_is_well_formed(detector):
     assert detection.model.provider == "local" and detection.latency_ms > 0
 
 
-def test_no_cookie_is_a_detection_error(detector):
+def test_a_blank_belt_is_an_abstention_not_an_error(detector):
     pixels = np.full((256, 256, 3), (78, 90, 106), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    with pytest.raises(DetectionError, match="no cookie"):
-        detector.detect(decode_image(buffer.getvalue()))
+    detection = detector.detect(decode_image(buffer.getvalue()))
+    assert detection.abstained and detection.abstention == "no_cookie"
+
+
+def test_the_same_cookie_at_any_resolution_gets_the_same_verdict(detector):
+    for seed, defects in ((40, frozenset({"cracked"})), (41, frozenset({"bubbled"})), (42, frozenset())):
+        png, _ = render_cookie(defects, np.random.default_rng(seed), size=512)
+        image = Image.open(io.BytesIO(png))
+        for side in (160, 256, 512):
+            buffer = io.BytesIO()
+            image.resize((side, side), Image.Resampling.LANCZOS).save(buffer, format="PNG")
+            assert detector.detect(decode_image(buffer.getvalue())).classes == defects, (seed, side)
 
 
 def test_training_is_reproducible_and_the_artifact_loads(tmp_path):
-    first = train.train(seed=5, n=12, workers=1)
-    second = train.train(seed=5, n=12, workers=1)
-    assert first == second
-    assert set(first["weights"]) == set(DEFECT_CLASSES)
+    first, x1, _ = train.train(seed=5, n=12, workers=1)
+    second, x2, _ = train.train(seed=5, n=12, workers=1)
+    assert first == second and np.array_equal(x1, x2)
+    assert set(first["thresholds"]) == set(DEFECT_CLASSES)
     path = tmp_path / "model.json"
     path.write_text(json.dumps(first))
     assert LocalDetector(path).classes == list(DEFECT_CLASSES)
+
+
+def test_a_lines_own_labelled_images_fine_tune_a_new_version(tmp_path, capsys):
+    folder = tmp_path / "line"
+    labels = write_folder(folder, seed=600, n=30, conditions="cocoa")
+    out = tmp_path / "line-model.json"
+    train.main(["--images", str(folder), "--labels", str(labels), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| good |" in printed and "held-out" in printed and str(out) in printed
+    model = LocalDetector(out)
+    assert model.model.version.startswith("2+line.")
+    first = json.loads(labels.read_text().splitlines()[0])["file"]
+    assert model.detect(decode_image((folder / first).read_bytes())).model == model.model
+    code = evaluate.main(["--images", str(folder), "--labels", str(labels), "--model", str(out)])
+    assert code in (0, 1) and "| cracked |" in capsys.readouterr().out
 
 
 def test_a_missing_or_stale_artifact_says_how_to_rebuild(tmp_path):
@@ -85,5 +142,5 @@ def test_a_missing_or_stale_artifact_says_how_to_rebuild(tmp_path):
 def test_evaluate_command_prints_the_table(capsys):
     code = evaluate.main(["--seed", "77", "--n", "12", "--workers", "1"])
     out = capsys.readouterr().out
-    assert "| cracked |" in out and "| good |" in out and "Confusion" in out
+    assert "| cracked |" in out and "| good |" in out and "Confusion" in out and "abstained" in out
     assert code in (0, 1)

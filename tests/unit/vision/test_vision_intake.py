@@ -145,7 +145,7 @@ def small_png() -> bytes:
         ("missing_reference", 422, "does not exist"),
         ("empty_batch", 400, "at least one image"),
         ("batch_too_big", 413, "the limit is 4"),
-        ("no_cookie", 422, "no cookie found"),
+        ("too_many_pixels", 413, "the limit is 40000"),
     ],
 )
 def test_bad_input_gets_the_right_4xx_and_publishes_nothing(detector, tmp_path, cookie_png, case, status, message):
@@ -171,15 +171,18 @@ def test_bad_input_gets_the_right_4xx_and_publishes_nothing(detector, tmp_path, 
             "empty_batch": lambda: post("/v1/images/batch", json={"items": []}),
             "batch_too_big": lambda: post("/v1/images/batch", json={"items": [
                 {**META, "image_base64": b64}] * 5}),
-            "no_cookie": lambda: post("/v1/images", data=form(META, belt_only_png())),
+            "too_many_pixels": lambda: post("/v1/images", data=form(META, cookie_png)),
         }
         response = await requests[case]()
         assert response.status == status, await response.text()
         assert message in (await response.json())["error"]
 
     expected = (256, 256) if case == "wrong_size" else None
-    sink = run(detector, tmp_path, scenario, max_image_bytes=300_000, max_batch=4, expected_size=expected)
+    pixels = 200 * 200 if case == "too_many_pixels" else 4096 * 4096
+    sink = run(detector, tmp_path, scenario, max_image_bytes=300_000, max_batch=4, expected_size=expected,
+               max_pixels=pixels)
     assert sink.inspections == []
+    assert not list((tmp_path / "images").rglob("*.*")), "a refused image is not kept"
 
 
 def belt_only_png() -> bytes:
@@ -233,3 +236,118 @@ def test_metrics_count_images_and_verdicts(detector, tmp_path, cookie_png):
              value("lineguard_vision_defects_total", defect_class="burnt"),
              value("lineguard_vision_images_rejected_total", reason="not_an_image"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
+
+
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_an_abstention_is_answered_counted_and_kept_but_not_published(detector, tmp_path):
+    before = (metric("lineguard_vision_abstentions_total", reason="no_cookie"),
+              metric("lineguard_vision_images_total", outcome="abstained"))
+
+    async def scenario(client, service):
+        response = await client.post("/v1/images", data=form(META, belt_only_png()))
+        assert response.status == 200
+        body = await response.json()
+        assert body["verdict"] == "abstained" and body["reason"] == "no_cookie" and body["published"] is False
+        assert "no cookie" in body["message"]
+        assert Path(unquote(urlparse(body["image_uri"]).path)).exists()  # kept for labelling
+
+    sink = run(detector, tmp_path, scenario)
+    assert sink.inspections == []
+    after = (metric("lineguard_vision_abstentions_total", reason="no_cookie"),
+             metric("lineguard_vision_images_total", outcome="abstained"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
+
+
+def bedrock_client():
+    import boto3
+
+    return boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+def tool_answer(answer: dict) -> dict:
+    from services.vision.bedrock import TOOL_NAME
+
+    return {"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "t1", "name": TOOL_NAME, "input": answer}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2},
+        "metrics": {"latencyMs": 1}}
+
+
+def test_abstentions_go_to_bedrock_when_it_is_the_fallback(detector, tmp_path, cookie_png):
+    from botocore.stub import Stubber
+
+    from services.vision.bedrock import BedrockDetector
+
+    client = bedrock_client()
+    fallback = BedrockDetector("us.amazon.nova-lite-v1:0", client=client, sleep=lambda s: None)
+    before = metric("lineguard_vision_fallbacks_total", outcome="judged")
+
+    async def scenario(client_, service):
+        # a judged image never reaches Bedrock (the stubber has one answer only, for the abstention)
+        assert (await client_.post("/v1/images", data=form(META, cookie_png))).status == 200
+        response = await client_.post("/v1/images", data=form({**META, "item_id": "b"}, belt_only_png()))
+        body = await response.json()
+        assert response.status == 200 and body["verdict"] == "ok" and body["model"]["provider"] == "bedrock"
+
+    with Stubber(client) as stub:
+        stub.add_response("converse", tool_answer({"verdict": "ok", "defects": []}))
+        sink = run(detector, tmp_path, scenario, fallback=fallback)
+        stub.assert_no_pending_responses()
+    assert [i["model"]["provider"] for i in sink.inspections] == ["local", "bedrock"]
+    assert metric("lineguard_vision_fallbacks_total", outcome="judged") - before == 1
+
+
+@pytest.mark.parametrize(("code", "status"), [("ValidationException", 422), ("AccessDeniedException", 500)])
+def test_an_image_bedrock_refuses_is_a_permanent_error_and_not_kept(tmp_path, cookie_png, code, status):
+    from botocore.stub import Stubber
+
+    from services.vision.bedrock import BedrockDetector
+
+    client = bedrock_client()
+    bedrock = BedrockDetector("us.amazon.nova-lite-v1:0", client=client, sleep=lambda s: None)
+
+    async def scenario(client_, service):
+        response = await client_.post("/v1/images", data=form(META, cookie_png))
+        assert response.status == status
+        assert code in (await response.json())["error"]
+
+    with Stubber(client) as stub:
+        stub.add_client_error("converse", service_error_code=code, service_message="refused", http_status_code=400)
+        sink = run(bedrock, tmp_path, scenario)
+        stub.assert_no_pending_responses()  # asked once: not retried
+    assert sink.inspections == []
+    assert not list((tmp_path / "images").rglob("*.*"))
+
+
+def test_a_4096_pixel_upload_is_reduced_before_detection(detector, tmp_path):
+    small, truth = render_cookie(frozenset({"burnt"}), np.random.default_rng(11), size=512)
+    big = Image.open(io.BytesIO(small)).resize((4096, 4096), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", quality=90)
+    seen: list[tuple[int, int]] = []
+    original = detector.detect
+
+    class Spy:
+        model = detector.model
+
+        def detect(self, image):
+            seen.append(image.pixels.shape[:2])
+            return original(image)
+
+    async def scenario(client, service):
+        response = await client.post("/v1/images", data=form(META, buffer.getvalue(), "big.jpg"))
+        assert response.status == 200, await response.text()
+        inspection = await response.json()
+        assert [d["defect_class"] for d in inspection["defects"]] == ["burnt"]
+        box = inspection["defects"][0]["box"]  # in the uploaded image's pixels
+        true_box = [v * 8 for v in truth[0]["box"]]
+        assert all(abs(a - b) < 160 for a, b in zip(box, true_box, strict=True)), (box, true_box)
+
+    run(Spy(), tmp_path, scenario, max_image_bytes=8 * 1024 * 1024)
+    assert seen and max(seen[0]) <= 512
