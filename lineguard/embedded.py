@@ -238,10 +238,11 @@ def simulator_available() -> bool:
 
 
 def worker_cap(catalog: Catalog, name: str) -> int:
-    """The most workers of a service that all get partitions: the fewest partitions of a topic it consumes (the
-    range assignor gives partition p of every topic to one worker, so more workers than that sit idle)."""
+    """The most workers of a service that all get a partition: the most partitions of a topic it consumes (the
+    range assignor gives partition p of every topic to the same worker; more workers than that sit idle, not ready).
+    """
     counts = [t.partitions for t in catalog.topics.values() if name in t.consumers and not t.is_dlq]
-    return min(counts) if counts else 1
+    return max(counts) if counts else 1
 
 
 def service_children(name: str, env: dict[str, str], workers: int = 1) -> list[Child]:
@@ -313,7 +314,7 @@ def up(settings: Settings, kafka_port: int = 9092, mqtt_port: int = 1883, scenar
             count = workers
             if name in SCALABLE_SERVICES and workers > worker_cap(catalog, name):
                 count = worker_cap(catalog, name)
-                sup.say(f"{name}: {count} workers, not {workers} (its smallest input topic has {count} partitions)")
+                sup.say(f"{name}: {count} workers, not {workers} (its input topics have at most {count} partitions)")
             children += [sup.start(child) for child in service_children(name, common_env, count)]
         if with_simulator and simulator_available():
             env = {**common_env, "LINEGUARD_SERVICE_NAME": "simulator"}
