@@ -115,6 +115,15 @@ def _poll(poller: Poller, registry: Registry | None, record: JobRecord, *args: A
         raise
 
 
+def _finish(registry: Registry | None, record: JobRecord, failure: str | None) -> None:
+    """Record the finished job; raise JobFailed unless it completed."""
+    if record.status != "Completed":
+        record.failure = failure or record.status
+    _audit(registry, record)
+    if record.status != "Completed":
+        raise JobFailed(record)
+
+
 def _audit(registry: Registry | None, record: JobRecord) -> None:
     if registry is not None:
         registry.store.audit(
@@ -172,11 +181,7 @@ def bedrock_customization(
         "outputModelName": reply.get("outputModelName"),
         "outputDataConfig": reply.get("outputDataConfig"),
     }
-    if record.status != "Completed":
-        record.failure = reply.get("failureMessage") or record.status
-        _audit(registry, record)
-        raise JobFailed(record)
-    _audit(registry, record)
+    _finish(registry, record, reply.get("failureMessage"))
     return record
 
 
@@ -241,11 +246,7 @@ def sagemaker_training(
         ("Failed", "Stopped"),
     )
     record.outputs = {"S3ModelArtifacts": (reply.get("ModelArtifacts") or {}).get("S3ModelArtifacts")}
-    if record.status != "Completed":
-        record.failure = reply.get("FailureReason") or record.status
-        _audit(registry, record)
-        raise JobFailed(record)
-    _audit(registry, record)
+    _finish(registry, record, reply.get("FailureReason"))
     return record
 
 
@@ -286,11 +287,7 @@ def bedrock_import(
         "importedModelArn": reply.get("importedModelArn"),
         "importedModelName": reply.get("importedModelName"),
     }
-    if record.status != "Completed":
-        record.failure = reply.get("failureMessage") or record.status
-        _audit(registry, record)
-        raise JobFailed(record)
-    _audit(registry, record)
+    _finish(registry, record, reply.get("failureMessage"))
     if registry is not None:
         registry.register(
             version,
