@@ -158,7 +158,7 @@ def report(scores: Scores, title: str) -> str:
     for label in LABELS:
         precision, recall, f1 = scores.metrics(label)
         box = (f"{scores.iou_sum[label] / max(scores.true_positive[label], 1):.2f}"
-               if label in DEFECT_CLASSES else "")
+               if label in DEFECT_CLASSES and scores.iou_sum[label] > 0 else "")  # a folder set has no boxes
         lines.append(f"| {label} | {scores.support[label]} | {precision:.3f} | {recall:.3f} | {f1:.3f} | {box} "
                      f"| {scores.abstained_by_label[label]} |")
     lines += ["", "Confusion: rows are true classes, columns predicted ones. The diagonal counts correct detections; "
