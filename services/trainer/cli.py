@@ -343,3 +343,30 @@ def _asl_command(sub: Any) -> None:
 
 
 EXTRA_COMMANDS.append(_asl_command)
+
+
+def cmd_metrics(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    """Metrics measured elsewhere (the advisor's scenario suite) onto a version, for promote to compare."""
+    metrics = json.loads(Path(args.file).read_text())
+    if not isinstance(metrics, dict) or "safety_violations" not in metrics:
+        raise ValueError(
+            "metrics must be a JSON object with at least safety_violations and accuracies in [0, 1]"
+        )
+    _registry(args, settings).record_metrics(args.version, args.split, metrics)
+    return 0
+
+
+def _metrics_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "metrics", help="record metrics measured elsewhere (e.g. --split scenarios) on a version"
+    )
+    p.add_argument("--registry")
+    p.add_argument("--version", required=True)
+    p.add_argument("--split", default="scenarios")
+    p.add_argument(
+        "--file", required=True, help="JSON: valid_share, category_accuracy, ..., safety_violations"
+    )
+    p.set_defaults(func=cmd_metrics)
+
+
+EXTRA_COMMANDS.append(_metrics_command)

@@ -117,3 +117,44 @@ def test_registry_commands(tmp_path: Path, capsys) -> None:
     assert "nothing to roll back" in capsys.readouterr().err
     assert main(["registry", "--registry", registry]) == 0
     assert json.loads(capsys.readouterr().out)["aliases"]["production"] == "v1"
+    # the scenario suite's figures, measured by the advisor's suite, join the comparison
+    (tmp_path / "suite.json").write_text(json.dumps({"valid_share": 1.0, "safety_violations": 1}))
+    assert (
+        main(
+            [
+                "register",
+                "--registry",
+                registry,
+                "--version",
+                "v2",
+                "--provider",
+                "analysis",
+                "--model-id",
+                "deterministic-analysis",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["metrics", "--registry", registry, "--version", "v2", "--file", str(tmp_path / "suite.json")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "metrics",
+                "--registry",
+                registry,
+                "--version",
+                "v2",
+                "--split",
+                "test",
+                "--file",
+                str(tmp_path / "suite.json"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["promote", "--registry", registry]) == 1
+    assert any("safety violation(s) on the scenarios split" in r for r in last_json(capsys)["reasons"])
