@@ -129,14 +129,19 @@ class Prepare:
         )
         validated = self._stage(
             "validate",
-            {"candidates": digest(generated)},
+            {"candidates": digest(generated), "limits": self._limits()},
             lambda: self._validate(generated["candidates"], sections),
         )
         recs, feedback = self.o.history() if self.o.history else ([], [])
         recs = self._archive(recs, feedback)
         history = self._stage(
             "history",
-            {"recs": digest(recs), "feedback": digest(feedback), "sections": digest(sorted(sections))},
+            {
+                "recs": digest(recs),
+                "feedback": digest(feedback),
+                "sections": digest(sorted(sections)),
+                "limits": self._limits(),
+            },
             lambda: self._history(recs, feedback, sections),
         )
         examples = validated["kept"] + history["examples"]
@@ -158,6 +163,16 @@ class Prepare:
             lambda: self._publish(extracted, generated, validated, history, splits),
         )
         return PrepareResult(self.o.out, card, list(self.ran))
+
+    def _limits(self) -> str:
+        """The plant's setpoint limits: a change of limits revalidates every example."""
+        return digest(
+            sorted(
+                (m.line_id, m.id, name, sp.min, sp.max, sp.max_step, sp.default)
+                for m in self.plant.machines()
+                for name, sp in m.setpoints.items()
+            )
+        )
 
     def _archive(self, recs: list[dict[str, Any]], feedback: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Voted recommendations are kept here: recommendations.v1 keeps 30 days, feedback.v1 forever, so a vote
