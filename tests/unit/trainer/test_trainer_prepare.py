@@ -111,6 +111,14 @@ def test_prepare_is_idempotent_and_resumes(tmp_path: Path) -> None:
     sop.write_text(sop.read_text().replace("Lock out and tag out", "Always lock out and tag out"))
     third = prepare(docs, tmp_path / "ds", provider)
     assert len(provider.requests) == calls + 1 and "extract" in third.ran
+    # the plant's limits change: every example is validated again, nothing goes back to the model
+    import dataclasses
+
+    plant = load_plant(default_plant_path())
+    oven = plant.machine("line1", "oven")
+    oven.setpoints["zone2_setpoint"] = dataclasses.replace(oven.setpoints["zone2_setpoint"], max_step=5.0)
+    fourth = Prepare(PrepareOptions(docs, tmp_path / "ds"), plant, lambda: provider).run()
+    assert "validate" in fourth.ran and "generate" not in fourth.ran and len(provider.requests) == calls + 1
 
 
 def test_generation_failures_are_reported_and_retried_next_run(tmp_path: Path) -> None:
