@@ -588,8 +588,11 @@ class CameraEmitter:
         conditions: CameraConditions | None = None,
         session: Any | None = None,
         timeout_s: float = 10.0,
+        token: str | None = None,
     ) -> None:
         self.intake_url = intake_url
+        # the camera's bearer token (one of the vision service's LINEGUARD_VISION_TOKENS)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.rng = rng if rng is not None else np.random.default_rng()
         self.size = size
         self.conditions = conditions
@@ -627,7 +630,7 @@ class CameraEmitter:
         kind = "jpeg" if png[:2] == b"\xff\xd8" else "png"
         form.add_field("image", png, filename=f"{item_id}.{kind}", content_type=f"image/{kind}")
         session = await self._client()
-        async with session.post(self.intake_url, data=form) as response:
+        async with session.post(self.intake_url, data=form, headers=self.headers) as response:
             if response.status >= 300:
                 self.failed += 1
                 detail = await response.text()

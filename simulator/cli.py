@@ -189,7 +189,8 @@ async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_
                                     args.sftp_authorized_keys, args.sftp_host_key))
     closers: list[Any] = []
     if args.camera_url and first:  # images for line1 only: a camera per line would swamp one vision worker
-        made = camera_hook(args.camera_url, sim, args.camera_size)
+        # the camera's bearer token comes from the environment only (a secret; not on the command line)
+        made = camera_hook(args.camera_url, sim, args.camera_size, os.environ.get("LINEGUARD_SIM_CAMERA_TOKEN"))
         if made:
             hook, camera_closer = made
             emitters.append(CookieHooks([hook]))

@@ -71,14 +71,15 @@ class CookieHooks:
             await asyncio.wait(self._tasks, timeout=10)
 
 
-def camera_hook(intake_url: str, sim: CookieLine, size: int = 256) -> tuple[CookieHook, object] | None:
+def camera_hook(intake_url: str, sim: CookieLine, size: int = 256,
+                token: str | None = None) -> tuple[CookieHook, object] | None:
     """A hook that renders and posts each detected cookie's image, when the camera module is available."""
     try:
         from simulator.camera import CameraEmitter  # written alongside; optional until it exists
     except ImportError as exc:
         event(log, "camera_unavailable", logging.WARNING, error=str(exc))
         return None
-    camera = CameraEmitter(intake_url, rng=sim.camera_rng, size=size)
+    camera = CameraEmitter(intake_url, rng=sim.camera_rng, size=size, token=token)
 
     async def emit(line: CookieLine, cookie: Cookie) -> None:
         await camera.emit(line.line.id, "detector", cookie.item_id, line.clock.iso(), cookie.defects)

@@ -49,8 +49,11 @@ def build(rt: Runtime[VisionSettings]) -> Service:
         service_name=settings.service_name, max_image_bytes=settings.max_image_bytes,
         max_batch=settings.max_batch, expected_size=settings.expected_size(),
         detector_threads=settings.detector_threads, max_pixels=settings.max_pixels,
-        working_side=settings.detect_max_side, fallback=fallback)
-    event(log, "vision_built", detector=service.detector.model.to_dict())
+        working_side=settings.detect_max_side, fallback=fallback,
+        tokens=settings.token_list())
+    event(log, "vision_built", detector=service.detector.model.to_dict(), cameras=len(service.tokens))
+    if not service.tokens:
+        event(log, "vision_api_disabled", level=30, reason="LINEGUARD_VISION_TOKENS is unset: every image is refused")
 
     async def close() -> None:
         await service.close()  # flushes the producer (after the HTTP server finished in-flight requests)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -121,8 +123,11 @@ class VisionService:
         max_pixels: int | None = MAX_PIXELS,
         working_side: int | None = WORKING_SIDE,
         fallback: Detector | None = None,
+        tokens: Sequence[str] = (),
     ) -> None:
         self.detector = detector
+        # Bearer tokens of the cameras allowed to post (several cameras, several tokens); none = intake refused.
+        self.tokens = tuple(t.encode() for t in tokens if t)
         self.fallback = fallback  # judges what the detector abstains on
         self.max_pixels = max_pixels
         self.working_side = working_side
@@ -296,7 +301,24 @@ class VisionService:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise IntakeError(400, "the body is not valid JSON", "bad_request") from None
 
+    def refused(self, request: web.Request) -> web.Response | None:
+        """503 while no token is configured, 401 without one of them; None for an authorised caller."""
+        if not self.tokens:
+            return web.json_response({"error": "the vision API is disabled: set LINEGUARD_VISION_TOKENS"},
+                                     status=503)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given_bytes = given.strip().encode()
+        # compare against every token (no early exit), so the time taken does not tell which one nearly matched
+        matches = [hmac.compare_digest(given_bytes, token) for token in self.tokens]
+        if scheme.lower() != "bearer" or not any(matches):
+            self.rejected.labels("unauthorized").inc()
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="lineguard-vision"'})
+        return None
+
     async def handle_image(self, request: web.Request) -> web.Response:
+        if (denied := self.refused(request)) is not None:
+            return denied
         started = time.perf_counter()
         try:
             content_type = request.content_type
@@ -322,6 +344,8 @@ class VisionService:
         return web.json_response(inspection)
 
     async def handle_batch(self, request: web.Request) -> web.Response:
+        if (denied := self.refused(request)) is not None:
+            return denied
         started = time.perf_counter()
         try:
             if request.content_type != "application/json":
@@ -359,7 +383,9 @@ class VisionService:
         self.request_latency.labels("batch").observe(time.perf_counter() - started)
         return web.json_response({"results": results}, status=status)
 
-    async def handle_detector(self, _: web.Request) -> web.Response:
+    async def handle_detector(self, request: web.Request) -> web.Response:
+        if (denied := self.refused(request)) is not None:
+            return denied
         return web.json_response({"model": self.detector.model.to_dict()})
 
     def add_routes(self, app: web.Application) -> None:

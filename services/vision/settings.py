@@ -48,6 +48,10 @@ class VisionSettings(Settings):
     detect_max_side: int = env_field(
         512, env="LINEGUARD_VISION_DETECT_MAX_SIDE",
         help="Longer side the local detector works on: larger images are reduced while decoding.")
+    tokens: str | None = env_field(
+        None, env="LINEGUARD_VISION_TOKENS", secret=True,
+        help="Comma-separated bearer tokens accepted by /v1/images, /v1/images/batch and /v1/detector (one per "
+             "camera); unset = those routes answer 503.")
     fallback: str = env_field(
         "none", env="LINEGUARD_VISION_FALLBACK",
         help="none, or bedrock: images the local detector abstains on are judged by Bedrock.")
@@ -75,6 +79,9 @@ class VisionSettings(Settings):
         if self.detector_threads < 1:
             raise SettingsError(f"LINEGUARD_VISION_DETECTOR_THREADS={self.detector_threads}: expected >= 1")
         self.expected_size()
+
+    def token_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in (self.tokens or "").split(",") if t.strip())
 
     def expected_size(self) -> tuple[int, int] | None:
         if not self.image_size:

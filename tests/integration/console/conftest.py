@@ -34,6 +34,7 @@ CHAT_TOKEN = "console-test-chat"
 DELEGATE_TOKEN = "console-test-delegate"
 FEED_TOKEN = "console-test-feed"
 NORMALIZER_TOKEN = "console-test-ngsi"
+CAMERA_TOKEN = "console-test-camera"
 LORAWAN_SECRET = "console-test-lorawan"
 OPTIONAL = ("vision", "actuator", "notifier")  # the line works without them; tests that need one skip
 VOICE_QUESTION = "why did the cooling conveyor stop"
@@ -94,10 +95,10 @@ def line(kafka_bootstrap: str, mosquitto_url: str, tmp_path_factory: pytest.Temp
               "LINEGUARD_ENV_FILE": ""}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     own = {
-        "simulator": {},
+        "simulator": {"LINEGUARD_SIM_CAMERA_TOKEN": CAMERA_TOKEN},
         "ingest": {"LINEGUARD_MQTT_CLIENT_ID": f"ingest-{prefix}", "LINEGUARD_SPARKPLUG_HOST_ID": f"ingest-{prefix}",
                    "LINEGUARD_CHIRPSTACK_SECRET": LORAWAN_SECRET},
-        "vision": {"LINEGUARD_VISION_IMAGE_DIR": str(work / "images")},
+        "vision": {"LINEGUARD_VISION_IMAGE_DIR": str(work / "images"), "LINEGUARD_VISION_TOKENS": CAMERA_TOKEN},
         "normalizer": {"LINEGUARD_GROUP_ID": f"{prefix}normalizer", "LINEGUARD_LAKE_DIR": str(work / "lake"),
                        "LINEGUARD_NORMALIZER_API_TOKEN": NORMALIZER_TOKEN, "LINEGUARD_MAX_CLOCK_RATE": "100"},
         "advisor": {"LINEGUARD_GROUP_ID": f"{prefix}advisor", "LINEGUARD_MODEL_ALIAS": "analysis-only",

@@ -27,6 +27,7 @@ from simulator.camera import DEFECT_CLASSES, CameraConditions, CameraEmitter, ra
 
 ROOT = Path(__file__).resolve().parents[3]
 ITEMS = 120
+CAMERA_TOKEN = "pipeline-camera-token"
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def start_service(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen,
     env = {**os.environ, "LINEGUARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix, "LINEGUARD_HTTP_PORT": str(port),
            "LINEGUARD_HTTP_HOST": "127.0.0.1", "LINEGUARD_VISION_IMAGE_DIR": str(tmp_path / "images"),
-           "LINEGUARD_VISION_IMAGE_SIZE": "256x256"}
+           "LINEGUARD_VISION_IMAGE_SIZE": "256x256", "LINEGUARD_VISION_TOKENS": f"other-camera,{CAMERA_TOKEN}"}
     log_path = tmp_path / "vision.log"
     proc = subprocess.Popen([sys.executable, "-m", "services.vision"], cwd=ROOT, env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
@@ -57,7 +58,7 @@ def start_service(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen,
 async def emit_items(port: int, conditions: CameraConditions, seed: int) -> dict[str, frozenset[str]]:
     rng = np.random.default_rng(seed)
     emitter = CameraEmitter(f"http://127.0.0.1:{port}/v1/images", rng=np.random.default_rng(seed + 1),
-                            conditions=conditions)
+                            conditions=conditions, token=CAMERA_TOKEN)
     truth: dict[str, frozenset[str]] = {}
     start = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     limit = asyncio.Semaphore(4)

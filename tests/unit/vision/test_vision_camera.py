@@ -104,13 +104,15 @@ def test_emitter_posts_multipart_and_reports_refusals():
     async def intake(request: web.Request) -> web.Response:
         form = await request.post()
         received.append({k: (v.file.read() if hasattr(v, "file") else v) for k, v in form.items()})
+        received[-1]["authorization"] = request.headers.get("Authorization")
         return web.json_response({}, status=200 if form["item_id"] != "refused" else 422)
 
     async def scenario() -> None:
         app = web.Application()
         app.router.add_post("/v1/images", intake)
         async with TestServer(app) as server:
-            emitter = CameraEmitter(str(server.make_url("/v1/images")), rng=np.random.default_rng(4))
+            emitter = CameraEmitter(str(server.make_url("/v1/images")), rng=np.random.default_rng(4),
+                                    token="cam-token")
             await emitter.emit("line1", "detector", "i1", "2026-11-29T12:00:00.000Z", frozenset({"burnt"}))
             with pytest.raises(RuntimeError, match="HTTP 422"):
                 await emitter.emit("line1", "detector", "refused", "2026-11-29T12:00:01.000Z", frozenset())
@@ -122,4 +124,5 @@ def test_emitter_posts_multipart_and_reports_refusals():
     first = received[0]
     assert first["line_id"] == "line1" and first["station"] == "detector" and first["item_id"] == "i1"
     assert first["captured_at"] == "2026-11-29T12:00:00.000Z"
+    assert first["authorization"] == "Bearer cam-token"  # the camera's token goes with every image
     assert Image.open(io.BytesIO(first["image"])).size == (256, 256)

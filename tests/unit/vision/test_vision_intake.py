@@ -24,6 +24,8 @@ from services.vision.service import VisionService
 from services.vision.store import LocalObjectStore
 from simulator.camera import render_cookie
 
+TOKEN = "camera-1-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 META = {"line_id": "line1", "station": "line1-detector", "item_id": "item-0001",
         "captured_at": "2026-11-29T12:00:00Z"}
 
@@ -46,10 +48,11 @@ def run(detector, tmp_path: Path, scenario: Scenario, **options) -> MemoryInspec
     sink = MemoryInspectionSink()
 
     async def main() -> None:
+        options.setdefault("tokens", ("camera-0-token", TOKEN))
         service = VisionService(detector, LocalObjectStore(tmp_path / "images"), sink, **options)
         app = create_app(Health("vision"))
         service.add_routes(app)
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), headers=AUTH) as client:
             await scenario(client, service)
         await service.close()
 
@@ -199,10 +202,10 @@ def test_a_failing_sink_is_a_503_not_a_crash(detector, tmp_path, cookie_png):
             raise RuntimeError("broker unreachable")
 
     async def main() -> None:
-        service = VisionService(detector, LocalObjectStore(tmp_path), BrokenSink())
+        service = VisionService(detector, LocalObjectStore(tmp_path), BrokenSink(), tokens=(TOKEN,))
         app = web.Application()
         service.add_routes(app)
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), headers=AUTH) as client:
             response = await client.post("/v1/images", data=form(META, cookie_png))
             assert response.status == 503
             assert "broker unreachable" in (await response.json())["error"]
@@ -351,3 +354,29 @@ def test_a_4096_pixel_upload_is_reduced_before_detection(detector, tmp_path):
 
     run(Spy(), tmp_path, scenario, max_image_bytes=8 * 1024 * 1024)
     assert seen and max(seen[0]) <= 512
+
+
+def test_only_a_cameras_token_may_post_images_or_read_the_detector(detector, tmp_path, cookie_png):
+    async def scenario(client, service):
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            for method, path, body in (("POST", "/v1/images", form(META, cookie_png)),
+                                       ("POST", "/v1/images/batch", {"items": [META]}), ("GET", "/v1/detector", None)):
+                kwargs = {"json": body} if isinstance(body, dict) else {"data": body}
+                response = await client.request(method, path, headers=headers, **kwargs)
+                assert response.status == 401, (headers, path)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        # the first camera's token works as well as the second's (the client's default)
+        other = {"Authorization": "Bearer camera-0-token"}
+        assert (await client.post("/v1/images", data=form(META, cookie_png), headers=other)).status == 200
+
+    sink = run(detector, tmp_path, scenario)
+    assert len(sink.inspections) == 1
+
+
+def test_without_tokens_the_intake_is_disabled(detector, tmp_path, cookie_png):
+    async def scenario(client, service):
+        response = await client.post("/v1/images", data=form(META, cookie_png))
+        assert response.status == 503 and "LINEGUARD_VISION_TOKENS" in (await response.json())["error"]
+        assert (await client.get("/readyz")).status in (200, 503)  # health stays open
+
+    assert run(detector, tmp_path, scenario, tokens=()).inspections == []
