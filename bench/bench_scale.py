@@ -166,14 +166,27 @@ def run_workers(service: str, workers: int, settings: Settings, plant_file: Path
         result = {"rate": (count - count0) / elapsed, "consumed_before_ready": count0,
                   "busiest_share": max(each) / max(sum(each), 1)}
         if service == "advisor":
-            time.sleep(1.0)
-            buckets: dict[str, float] = {}
-            for port in ports:
-                for labels, value in scrape(port).get("lineguard_advisor_close_to_publish_seconds_bucket",
-                                                      {}).items():
-                    key = re.sub(r'trigger="[^"]*",?', "", labels)
-                    buckets[key] = buckets.get(key, 0.0) + value
-            result["p95_s"] = p95_from_histogram(buckets)
+            def latency_buckets() -> dict[str, float]:
+                buckets: dict[str, float] = {}
+                for port in ports:
+                    for labels, value in scrape(port).get("lineguard_advisor_close_to_publish_seconds_bucket",
+                                                          {}).items():
+                        key = re.sub(r'trigger="[^"]*",?', "", labels)
+                        buckets[key] = buckets.get(key, 0.0) + value
+                return buckets
+
+            # Windows the backlog left open close after LINEGUARD_IDLE_CLOSE_S (5 s) of silence: wait for those
+            # evaluations too, until the count holds still for 2 s.
+            settle_until, last = time.monotonic() + 7.0, -1.0
+            while time.monotonic() < deadline:
+                evaluations = max(latency_buckets().values(), default=0.0)
+                if evaluations != last:
+                    last, settle_until = evaluations, max(settle_until, time.monotonic() + 2.0)
+                elif time.monotonic() > settle_until:
+                    break
+                time.sleep(0.5)
+            result["p95_s"] = p95_from_histogram(latency_buckets())
+            result["evaluations"] = last
         return result
     finally:
         for proc in procs:
@@ -200,7 +213,7 @@ def main() -> int:
     print(f"cores: {os.cpu_count()} (load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}); "
           f"{PARTITIONS} partitions per topic; backlog {args.records} records per service and plant size")
     print(f"{'service':<11}{'lines':>6}{'workers':>8}{'records/s':>11}{'per worker':>11}{'x1 worker':>10}"
-          f"{'p95 s':>8}")
+          f"{'p95 s':>8}{'evals':>7}")
     try:
         bootstrap = f"127.0.0.1:{port}"
         wait_for_broker(bootstrap, timeout=30)
@@ -226,8 +239,9 @@ def main() -> int:
                     single = single or (result["rate"] if workers == 1 else None)
                     speedup = f"{result['rate'] / single:.2f}" if single else "-"
                     p95 = f"{result['p95_s']:.2f}" if "p95_s" in result else "-"
+                    evaluations = f"{result['evaluations']:.0f}" if "evaluations" in result else "-"
                     print(f"{service:<11}{lines:>6}{workers:>8}{result['rate']:>11,.0f}"
-                          f"{result['rate'] / workers:>11,.0f}{speedup:>10}{p95:>8}", flush=True)
+                          f"{result['rate'] / workers:>11,.0f}{speedup:>10}{p95:>8}{evaluations:>7}", flush=True)
     finally:
         broker.terminate()
         broker.wait(10)
