@@ -261,7 +261,7 @@ class Normalizer:
                 quality.append("out_of_range")
         else:
             value, unit_code = self._other_value(plan, raw, value, quality)
-        if -ahead > self.stale_after_ms:
+        if -ahead > self.stale_after_ms and "stale" not in quality:
             quality.append("stale")
         raw_id = raw["id"]
         oid = f"obs:{raw_id}"
@@ -271,6 +271,8 @@ class Normalizer:
             "sensor_id": plan.sensor_id, "attribute": attribute, "value": value, "unit_code": unit_code,
             "observed_at": observed_at, "quality": quality, "raw_id": raw_id, "source": raw["source"],
         }
+        if value is None:  # a stale marker: the last value stays the latest known one, flagged in the output only
+            return out
         latest = plan.latest
         previous = latest.get(attribute)
         if previous is None or observed_at >= previous[2]:  # a late, older reading does not replace a newer one
@@ -282,6 +284,11 @@ class Normalizer:
         """(value, unit code) of a state, a unitless number, or a number given as int or string."""
         sensor = plan.sensor
         unit_code: str | None
+        if value is None and raw.get("attributes", {}).get("quality") == "stale":
+            # A source said the last value is no longer current (a Sparkplug NDEATH, the host losing its broker):
+            # a fact to pass on, not bad input; a plant-wide death would otherwise fill the DLQ and trip its limit.
+            quality.append("stale")
+            return None, None if plan.is_state else plan.unit
         if plan.is_state:
             if isinstance(value, bool) or not isinstance(value, str):
                 raise InvalidValueError(f"{plan.sensor_id}: state {value!r} is not a string")

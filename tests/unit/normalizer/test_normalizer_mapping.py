@@ -114,6 +114,20 @@ def test_stale_reading_is_flagged(normalizer: Normalizer) -> None:
     assert normalizer.observation(reading(observed_at=T0, received_at=T0 + 299_000))["quality"] == []
 
 
+def test_a_sources_stale_marker_passes_on_as_a_stale_observation_not_a_dead_letter(normalizer: Normalizer) -> None:
+    """A Sparkplug NDEATH (or the host losing its broker) marks every metric stale with a null value: that is news
+    for the line, and a plant-wide death must not fill the DLQ (and trip its limit, stopping the normalizer)."""
+    normalizer.observation(reading(value=180.0, rid="before"))
+    marker = {**reading(value=None, rid="stale", received_at=T0 + 60), "attributes": {"quality": "stale"}}
+    out = normalizer.observation(marker)
+    assert out["value"] is None and out["quality"] == ["stale"] and out["unit_code"] == "CEL"
+    state = {**reading(device="line1-cooling-conveyor", metric="state", value=None, rid="s"),
+             "attributes": {"quality": "stale"}}
+    assert normalizer.observation(state)["quality"] == ["stale"]
+    with pytest.raises(InvalidValueError):  # a null without the marker is still bad input
+        normalizer.observation(reading(value=None, rid="bad"))
+
+
 def test_slightly_impossible_percentage_is_clamped_and_flagged(normalizer: Normalizer) -> None:
     out = normalizer.observation(reading(device="a84041000181c061", metric="humidity", value=101.5, unit="%"))
     assert out["value"] == 100.0
