@@ -101,13 +101,28 @@ class Analysis:
 
 
 def _blur(image: np.ndarray, radius: int) -> np.ndarray:
-    """Box mean over (2r+1)^2 of a float image, edges replicated; via cumulative sums."""
+    """Box mean over (2r+1)^2 of a float image, edges replicated; via cumulative sums.
+
+    The padding is written into one buffer by slices (np.pad costs more than the sums on these small crops);
+    the values and the order of the sums are those of np.pad(mode="edge") with a zero first row and column."""
     k = 2 * radius + 1
-    padded = np.pad(image, ((radius + 1, radius), (radius + 1, radius)), mode="edge")
+    h, w = image.shape
+    r1 = radius + 1
+    padded = np.empty((h + k, w + k), dtype=image.dtype)
+    padded[r1:r1 + h, r1:r1 + w] = image
+    padded[1:r1, r1:r1 + w] = image[0]
+    padded[r1 + h:, r1:r1 + w] = image[-1]
+    padded[1:, 1:r1] = padded[1:, r1:r1 + 1]
+    padded[1:, r1 + w:] = padded[1:, r1 + w - 1:r1 + w]
     padded[0, :] = 0.0
     padded[:, 0] = 0.0
-    summed = padded.cumsum(axis=0).cumsum(axis=1)
-    return (summed[k:, k:] - summed[:-k, k:] - summed[k:, :-k] + summed[:-k, :-k]) / float(k * k)
+    np.cumsum(padded, axis=0, out=padded)
+    np.cumsum(padded, axis=1, out=padded)
+    out = padded[k:, k:] - padded[:-k, k:]
+    out -= padded[k:, :-k]
+    out += padded[:-k, :-k]
+    out /= float(k * k)
+    return out
 
 
 def _ring(radius: int) -> list[tuple[int, int]]:
@@ -119,13 +134,17 @@ def _ring_order(image: np.ndarray, radius: int, fill: float) -> tuple[np.ndarray
     """Per pixel: the lowest, second lowest and third lowest of 8 points on a ring around it (`fill` outside)."""
     h, w = image.shape
     r = radius
-    padded = np.pad(image, r, mode="constant", constant_values=fill)
-    big = np.float32(1e6)
-    first, second, third = (np.full_like(image, big) for _ in range(3))
-    for dy, dx in _ring(radius):
-        value = padded[r + dy:r + dy + h, r + dx:r + dx + w]  # a view: image[y + dy, x + dx]
-        np.minimum(third, np.maximum(second, value), out=third)
-        np.minimum(second, np.maximum(first, value), out=second)
+    padded = np.full((h + 2 * r, w + 2 * r), fill, dtype=image.dtype)
+    padded[r:r + h, r:r + w] = image
+    views = [padded[r + dy:r + dy + h, r + dx:r + dx + w] for dy, dx in _ring(radius)]  # image[y + dy, x + dx]
+    # the first two points sort directly (what the running update gives from "all three unknown")
+    first = np.minimum(views[0], views[1])
+    second = np.maximum(views[0], views[1])
+    third = np.full_like(image, np.float32(1e6))
+    scratch = np.empty_like(image)
+    for value in views[2:]:
+        np.minimum(third, np.maximum(second, value, out=scratch), out=third)
+        np.minimum(second, np.maximum(first, value, out=scratch), out=second)
         np.minimum(first, value, out=first)
     return first, second, third
 
@@ -138,13 +157,26 @@ def _bbox(mask: np.ndarray) -> list[int] | None:
     return [int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)]
 
 
+def _median(values: np.ndarray) -> float:
+    """np.median of a 1-D float array without its overhead: the same partition and the same arithmetic
+    (the middle value, or the float mean of the two middle values), so the same number to the last bit."""
+    n = values.size
+    k = n // 2
+    if n % 2:
+        return float(np.partition(values, k)[k])
+    part = np.partition(values, (k - 1, k))
+    return float((part[k - 1] + part[k]) / 2)
+
+
 def _per_1000(count: int, area: float) -> float:
     return float(np.log1p(count * 1000.0 / area))
 
 
 @lru_cache(maxsize=16)
 def _frame_geometry(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per working-frame shape: x and y in -0.5..0.5, the border mask and the border's design matrix."""
+    """Per working-frame shape: x and y in -0.5..0.5, the border mask and the border's design matrix.
+
+    The arrays are shared between calls: read only."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     xx = xx / w - 0.5
     yy = yy / h - 0.5
@@ -154,6 +186,20 @@ def _frame_geometry(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     border[:, :b] = border[:, -b:] = True
     design = np.stack([np.ones(int(border.sum()), dtype=np.float32), xx[border], yy[border]], axis=1)
     return xx, yy, border, design
+
+
+@lru_cache(maxsize=16)
+def _centre_weight(h: int, w: int) -> np.ndarray:
+    """Per working-frame shape: the weight favouring blobs near the centre."""
+    xx, yy, _, _ = _frame_geometry(h, w)
+    return 1.0 - 0.5 * np.hypot(yy, xx)
+
+
+@lru_cache(maxsize=16)
+def _ray_steps(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ray length: the y and x offsets of every step along every ray, and the step indices."""
+    steps = np.arange(0, length, dtype=np.float32)
+    return _SIN[:, None] * steps, _COS[:, None] * steps, np.arange(length - 1)
 
 
 def _belt_model(small: np.ndarray) -> tuple[np.ndarray, float]:
@@ -166,32 +212,32 @@ def _belt_model(small: np.ndarray) -> tuple[np.ndarray, float]:
     coef = np.zeros((3, 3), dtype=np.float32)
     coef[0] = np.median(colours, axis=0)
     residual = np.linalg.norm(colours - coef[0], axis=1)
-    keep = residual <= max(3.0 * float(np.median(residual)), 6.0)
+    keep = residual <= max(3.0 * _median(residual), 6.0)
     for _ in range(2):
         used = design[keep]
         coef = np.linalg.solve(used.T @ used + 1e-3 * np.eye(3, dtype=np.float32), used.T @ colours[keep])
         residual = np.linalg.norm(colours - design @ coef, axis=1)
-        keep = residual <= max(3.0 * float(np.median(residual[keep])), 6.0)
-    spread = float(np.median(residual[keep]))
+        keep = residual <= max(3.0 * _median(residual[keep]), 6.0)
+    spread = _median(residual[keep])
     plane = coef[0] + xx[..., None] * coef[1] + yy[..., None] * coef[2]
-    return plane.astype(np.float32), spread
+    return plane.astype(np.float32, copy=False), spread
 
 
 def _trace(mask: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray, int]:
     """The blob's radius along each ray from (cy, cx), and how many rays ran out of the frame inside it."""
     h, w = mask.shape
-    steps = np.arange(0, max(h, w), dtype=np.float32)
-    ys = np.rint(cy + _SIN[:, None] * steps).astype(np.intp)
-    xs = np.rint(cx + _COS[:, None] * steps).astype(np.intp)
+    dys, dxs, index = _ray_steps(max(h, w))
+    ys = np.rint(cy + dys).astype(np.intp)
+    xs = np.rint(cx + dxs).astype(np.intp)
     inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     samples = mask[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] & inside
     gap = ~samples[:, :-1] & ~samples[:, 1:]  # two outside samples in a row end the blob (holes of 1 px do not)
     # a ray starting in a hole (a white blister on a white belt) begins at its first foreground sample
     begin = samples.argmax(axis=1)
     begin[begin > 8] = 0  # a hole, not a blister's width: the ray ends there
-    gap &= np.arange(gap.shape[1])[None, :] >= begin[:, None]
-    first = np.where(gap.any(axis=1), gap.argmax(axis=1), len(steps) - 1)
-    exits = np.where((~inside).any(axis=1), (~inside).argmax(axis=1), len(steps))
+    gap &= index[None, :] >= begin[:, None]
+    first = np.where(gap.any(axis=1), gap.argmax(axis=1), len(index))
+    exits = np.where((~inside).any(axis=1), (~inside).argmax(axis=1), len(index) + 1)
     return first.astype(np.float32) + 0.5, int(np.count_nonzero(first >= exits - 2))
 
 
@@ -207,14 +253,14 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # 2. belt model and foreground
     plane, spread = _belt_model(smooth)
     offset = smooth - plane
-    distance = np.sqrt(offset[..., 0] ** 2 + offset[..., 1] ** 2 + offset[..., 2] ** 2)
+    np.multiply(offset, offset, out=offset)  # squares (x * x is what x ** 2 computes), summed in the same order
+    distance = np.sqrt(offset[..., 0] + offset[..., 1] + offset[..., 2])
     mask = distance > max(14.0, 4.0 * spread)
 
     # 3. the inspected cookie: the solid blob nearest the centre
     core_u8 = Image.fromarray(mask.view(np.uint8) * np.uint8(255), mode="L").filter(ImageFilter.BoxBlur(5))
     core = np.asarray(core_u8, dtype=np.float32) / 255.0
-    xx, yy, _, _ = _frame_geometry(sh, sw)
-    centred = core * (1.0 - 0.5 * np.hypot(yy, xx))
+    centred = core * _centre_weight(sh, sw)
     seed = int(centred.argmax())
     if core.flat[seed] < 0.6:
         raise NoCookieError("no cookie found in the image")
@@ -276,7 +322,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     p05, p10, p90 = np.percentile(dough_rel[::2], (5, 10, 90))
 
     # 6. local structure on the crop; outside the cookie counts as dough (1.0) so the rim never responds
-    capped = np.where(cookie, np.minimum(luma, 1.25), 1.0).astype(np.float32)
+    capped = np.where(cookie, np.minimum(luma, 1.25), np.float32(1.0))
     centre = _blur(capped, 1)
     lowest, _, third = _ring_order(centre, 5, 1.0)
     line = (third - centre) * (lowest - centre < 0.12)  # darker than most of the ring, not all of it
@@ -285,7 +331,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     line_high = (line > 0.3) & interior
     # long: a line pixel with several more within a few pixels (a crack), not an isolated speck
     long_line = (_blur(line_low.astype(np.float32), 3) > 0.16) & line_low
-    noise = float(np.median(np.abs(capped - centre)[interior]))
+    noise = _median(np.abs(capped - centre)[interior])
 
     # Blisters lift the dough towards white: its weakest channel (blue) rises far more than its strongest
     # (red). "Lift" = weakest channel / dough's, over strongest channel / dough's: 1 on dough, about 2 on a
@@ -317,7 +363,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
             float((median.max() - median.min()) / max(float(median.max()), 1.0)),
             float(np.count_nonzero(dough_rel < 0.7) / area),
             float(p90 - p10),
-            float(np.median(luma[rim])) if rim.any() else 1.0,
+            _median(luma[rim]) if rim.any() else 1.0,
             float(p05),
             _per_1000(int(np.count_nonzero(line_low)), area),
             _per_1000(int(np.count_nonzero(line_high)), area),
