@@ -168,6 +168,32 @@ def _median(values: np.ndarray) -> float:
     return float((part[k - 1] + part[k]) / 2)
 
 
+def _percentile(values: np.ndarray, q: float, weak: bool = True) -> float:
+    """np.percentile(values, q) (method "linear") of a 1-D float32 array, without its overhead: one partition
+    around the two neighbouring order statistics, then numpy's own interpolation arithmetic: in float32 when q
+    is a Python number (`weak`), in float64 when q came in a tuple (numpy then interpolates in double).
+    The same number to the last bit (a test checks it against np.percentile)."""
+    n = values.size
+    virtual = (n - 1) * (q / 100)
+    if virtual >= n - 1:
+        return float(values.max())
+    below = int(np.floor(virtual))
+    t = virtual - below
+    part = np.partition(values, (below, below + 1))
+    a, b = part[below], part[below + 1]
+    diff = b - a  # float32, as numpy computes it
+    if weak:
+        return float(b - diff * (1 - t) if t >= 0.5 else a + diff * t)
+    return float(b) - float(diff) * (1 - t) if t >= 0.5 else float(a) + float(diff) * t
+
+
+def _column_medians(values: np.ndarray) -> np.ndarray:
+    """np.median(values, axis=0) of an (n, 3) float32 array: one contiguous channel at a time (a partition
+    along a strided axis costs several times more), the same values."""
+    return np.array([_median(np.ascontiguousarray(values[:, c])) for c in range(values.shape[1])],
+                    dtype=values.dtype)
+
+
 def _per_1000(count: int, area: float) -> float:
     return float(np.log1p(count * 1000.0 / area))
 
@@ -203,14 +229,15 @@ def _ray_steps(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _belt_model(small: np.ndarray) -> tuple[np.ndarray, float]:
-    """Fit colour = a + b x + c y (per channel) to the border robustly; the expected belt colour everywhere."""
+    """Fit colour = a + b x + c y (per channel) to the border robustly: the plane's (3, 3) coefficients (rows a,
+    b, c; a column per channel) and the border's spread around it."""
     h, w = small.shape[:2]
     xx, yy, border, design = _frame_geometry(h, w)
     colours = small[border]
     # start from the border's median colour (robust), then fit the plane to the inliers twice: a neighbouring
     # cookie cut by the frame's edge is not belt and must not pull the plane or inflate the spread
     coef = np.zeros((3, 3), dtype=np.float32)
-    coef[0] = np.median(colours, axis=0)
+    coef[0] = _column_medians(colours)
     residual = np.linalg.norm(colours - coef[0], axis=1)
     keep = residual <= max(3.0 * _median(residual), 6.0)
     for _ in range(2):
@@ -219,8 +246,26 @@ def _belt_model(small: np.ndarray) -> tuple[np.ndarray, float]:
         residual = np.linalg.norm(colours - design @ coef, axis=1)
         keep = residual <= max(3.0 * _median(residual[keep]), 6.0)
     spread = _median(residual[keep])
-    plane = coef[0] + xx[..., None] * coef[1] + yy[..., None] * coef[2]
-    return plane.astype(np.float32, copy=False), spread
+    return coef, spread
+
+
+def _belt_distance(smooth: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Per pixel: the colour distance from the belt plane a + b x + c y. Channel by channel on whole planes
+    (a broadcast over a last axis of 3 runs numpy's inner loop 3 elements at a time); the same float32
+    operations in the same order as building the H x W x 3 plane and subtracting it."""
+    h, w = smooth.shape[:2]
+    xx, yy, _, _ = _frame_geometry(h, w)
+    total = np.zeros((h, w), dtype=np.float32)
+    term = np.empty((h, w), dtype=np.float32)
+    for c in range(3):
+        np.multiply(xx, coef[1, c], out=term)
+        term += coef[0, c]
+        plane = yy * coef[2, c]
+        plane += term  # (a + b x) + c y
+        np.subtract(smooth[..., c], plane, out=plane)
+        plane *= plane
+        total += plane
+    return np.sqrt(total, out=total)
 
 
 def _trace(mask: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray, int]:
@@ -251,10 +296,8 @@ def analyse(pixels: np.ndarray) -> Analysis:
     smooth = np.asarray(small.filter(ImageFilter.BoxBlur(2)), dtype=np.float32)
 
     # 2. belt model and foreground
-    plane, spread = _belt_model(smooth)
-    offset = smooth - plane
-    np.multiply(offset, offset, out=offset)  # squares (x * x is what x ** 2 computes), summed in the same order
-    distance = np.sqrt(offset[..., 0] + offset[..., 1] + offset[..., 2])
+    coef, spread = _belt_model(smooth)
+    distance = _belt_distance(smooth, coef)
     mask = distance > max(14.0, 4.0 * spread)
 
     # 3. the inspected cookie: the solid blob nearest the centre
@@ -311,15 +354,18 @@ def analyse(pixels: np.ndarray) -> Analysis:
 
     # 5. colour, relative to the dough's own median
     dough = crop[interior]
-    median = np.median(dough[::2], axis=0)
+    median = _column_medians(dough[::2])
     dough_luma = max(float(median @ _LUMA), 4.0)
-    belt_luma = max(float(plane[sh // 2, sw // 2] @ _LUMA), 4.0)
+    xx, yy, _, _ = _frame_geometry(sh, sw)
+    belt_centre = coef[0] + xx[sh // 2, sw // 2] * coef[1] + yy[sh // 2, sw // 2] * coef[2]
+    belt_luma = max(float(belt_centre @ _LUMA), 4.0)
     total = max(float(median.sum()), 1.0)
     if not (median[0] >= 0.9 * median[2] and median[0] >= 0.8 * median[1]):
         raise AbstainError("the object is not dough-coloured", "not_dough")
     luma = (crop @ _LUMA) / dough_luma
     dough_rel = luma[interior]
-    p05, p10, p90 = np.percentile(dough_rel[::2], (5, 10, 90))
+    sample = np.ascontiguousarray(dough_rel[::2])
+    p05, p10, p90 = (_percentile(sample, q, weak=False) for q in (5, 10, 90))
 
     # 6. local structure on the crop; outside the cookie counts as dough (1.0) so the rim never responds
     capped = np.where(cookie, np.minimum(luma, 1.25), np.float32(1.0))
@@ -340,7 +386,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     weak, strong = int(np.argmin(median)), int(np.argmax(median))
     lift = ((crop[..., weak] / max(float(median[weak]), 4.0))
             / np.maximum(crop[..., strong] / max(float(median[strong]), 4.0), 0.1))
-    bright = np.where(cookie, lift, 10.0).astype(np.float32)
+    bright = np.where(cookie, lift, np.float32(10.0))
     bright_c = _blur(bright, 1)
     _, _, third_b = _ring_order(-bright_c, 9, -10.0)  # on the negated image: the third highest
     bubble = (bright_c + third_b) * interior  # how much above the third-highest ring point
@@ -368,13 +414,13 @@ def analyse(pixels: np.ndarray) -> Analysis:
             _per_1000(int(np.count_nonzero(line_low)), area),
             _per_1000(int(np.count_nonzero(line_high)), area),
             _per_1000(int(np.count_nonzero(long_line)), area),
-            float(np.percentile(line[interior], 99.5)),
+            _percentile(line[interior], 99.5),
             float(np.log1p(line[line_low].sum() * 1000.0 / area)),
             _per_1000(int(np.count_nonzero((blob_dark > 0.2) & interior)), area),
-            float(np.percentile(blob_dark[interior], 99.5)),
+            _percentile(blob_dark[interior], 99.5),
             _per_1000(int(np.count_nonzero(bubble_low)), area),
             _per_1000(int(np.count_nonzero(bubble_high)), area),
-            float(np.percentile(bubble[interior], 99.5)),
+            _percentile(bubble[interior], 99.5),
             float(np.log1p(bubble[bubble_low].sum() * 1000.0 / area)),
             _per_1000(int(np.count_nonzero(white)), area),
             _per_1000(int(np.count_nonzero(specks)), area),
