@@ -109,6 +109,7 @@ async def test_json_readings_and_alarms_reach_a_real_broker(mosquitto_url):
     topics = {m.topic for m in readings}
     assert topics == {
         "plant/line1/mixer/temperature", "plant/line1/mixer/torque", "plant/line1/mixer/speed",
+        "plant/line1/mixer/motor_current",
         "plant/line1/depositor/deposit_rate", "plant/line1/cooling-conveyor/speed",
         "plant/line1/cooling-conveyor/state", "plant/line1/cooling-conveyor/air_temperature",
         "plant/line1/detector/items_per_minute",
