@@ -268,21 +268,44 @@ def _belt_distance(smooth: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return np.sqrt(total, out=total)
 
 
-def _trace(mask: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray, int]:
+_OUTSIDE = 2  # label of the margin around the frame in `_labelled`
+
+
+def _labelled(mask: np.ndarray) -> np.ndarray:
+    """The mask as 0 (belt) and 1 (object) inside a margin labelled _OUTSIDE, wide enough that a ray from
+    anywhere within 3 px of the frame stays in it: one lookup per sample instead of bounds checks and clips."""
+    h, w = mask.shape
+    pad = max(h, w) + 4
+    labels = np.full((h + 2 * pad, w + 2 * pad), _OUTSIDE, dtype=np.uint8)
+    labels[pad:pad + h, pad:pad + w] = mask
+    return labels
+
+
+def _trace(mask: np.ndarray, labels: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray, int]:
     """The blob's radius along each ray from (cy, cx), and how many rays ran out of the frame inside it."""
     h, w = mask.shape
     dys, dxs, index = _ray_steps(max(h, w))
     ys = np.rint(cy + dys).astype(np.intp)
     xs = np.rint(cx + dxs).astype(np.intp)
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    samples = mask[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] & inside
-    gap = ~samples[:, :-1] & ~samples[:, 1:]  # two outside samples in a row end the blob (holes of 1 px do not)
+    if -3.0 <= cy <= h + 2.0 and -3.0 <= cx <= w + 2.0:  # every sample lies in the labelled margin
+        pad = (labels.shape[0] - h) // 2
+        ys += pad
+        xs += pad
+        values = labels[ys, xs]
+        samples = values == 1
+        outside = values == _OUTSIDE
+    else:
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        samples = mask[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] & inside
+        outside = ~inside
+    empty = ~samples
+    gap = empty[:, :-1] & empty[:, 1:]  # two outside samples in a row end the blob (holes of 1 px do not)
     # a ray starting in a hole (a white blister on a white belt) begins at its first foreground sample
     begin = samples.argmax(axis=1)
     begin[begin > 8] = 0  # a hole, not a blister's width: the ray ends there
     gap &= index[None, :] >= begin[:, None]
     first = np.where(gap.any(axis=1), gap.argmax(axis=1), len(index))
-    exits = np.where((~inside).any(axis=1), (~inside).argmax(axis=1), len(index) + 1)
+    exits = np.where(outside.any(axis=1), outside.argmax(axis=1), len(index) + 1)
     return first.astype(np.float32) + 0.5, int(np.count_nonzero(first >= exits - 2))
 
 
@@ -308,13 +331,14 @@ def analyse(pixels: np.ndarray) -> Analysis:
     if core.flat[seed] < 0.6:
         raise NoCookieError("no cookie found in the image")
     cy, cx = float(seed // sw), float(seed % sw)
+    labels = _labelled(mask)
     for _ in range(2):
-        profile, cut = _trace(mask, cy, cx)
+        profile, cut = _trace(mask, labels, cy, cx)
         # centroid of the star-shaped region the rays outline
         weights = profile**2
         cx += float((2.0 / 3.0) * (profile**3 * _COS).sum() / weights.sum())
         cy += float((2.0 / 3.0) * (profile**3 * _SIN).sum() / weights.sum())
-    profile, cut = _trace(mask, cy, cx)
+    profile, cut = _trace(mask, labels, cy, cx)
     mean_r = float(profile.mean())
     if cut >= 3:
         raise AbstainError("the object is cut by the frame's edge: the whole cookie must be in view",
