@@ -29,6 +29,8 @@ TRIGGERS_FIRED = telemetry.counter(SERVICE, "triggers", "Evaluations that became
 PUBLISHED = telemetry.counter(SERVICE, "recommendations_published", "Recommendations acknowledged by Kafka.")
 DUPLICATES_SKIPPED = telemetry.counter(SERVICE, "duplicates_skipped",
                                        "Evaluations skipped because their id was already published.")
+NOT_OWNED = telemetry.counter(SERVICE, "evaluations_not_owned",
+                              "Evaluations skipped because their line's partition moved to another worker.")
 CLOSE_TO_PUBLISH = telemetry.histogram(SERVICE, "close_to_publish_seconds",
                                        "Wall time from an evaluation becoming due to its recommendation being "
                                        "acknowledged (model time included).", ["trigger"])
@@ -45,6 +47,7 @@ class Evaluator:
         self._aio: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Due] | None = None
         self._backlog: list[Due] = []
+        self.in_flight: Due | None = None  # the evaluation running now (a revoke waits for it)
 
     def enqueue(self, due: Due) -> None:
         """From any thread: an evaluation to run (queued until the event loop runs)."""
@@ -61,6 +64,11 @@ class Evaluator:
         return self._queue.qsize() if self._queue is not None else len(self._backlog)
 
     async def evaluate(self, due: Due) -> None:
+        if not self.state.owns(due.line_id):
+            # Its partition moved to another worker, which restores the due evaluation from the changelog.
+            NOT_OWNED.inc()
+            self.due_since.pop(due.id, None)
+            return
         if self.state.already_published(due):
             DUPLICATES_SKIPPED.inc()
             return
@@ -98,11 +106,14 @@ class Evaluator:
         try:
             while True:
                 due = await self._queue.get()
+                self.in_flight = due
                 try:
                     await self.evaluate(due)
                 except Exception as exc:  # noqa: BLE001 - one bad evaluation must not stop the others
                     event(log, "evaluation_failed", level=logging.ERROR, id=due.id,
                           error=f"{type(exc).__name__}: {exc}")
+                finally:
+                    self.in_flight = None
         finally:
             self._aio = None
 

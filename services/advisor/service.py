@@ -9,8 +9,10 @@ Three parts, each in its own module:
 - HTTP (`chat.py`): the chat and recommendations API beside health and metrics.
 
 This module wires them: the consumer loop's handler and its after-batch step (the watermark: which inputs still
-lag), recovery on start (the changelog, and the tail of recommendations.v1 so an id published just before a crash
-is not published again), the ticker that checkpoints an idle input and closes the windows of a silent line.
+lag), recovery on each partition assignment (the changelog partitions of the assigned line partitions, and the
+tail of recommendations.v1 on them, so an id published just before a crash is not published again), dropping the
+lines of revoked partitions, and the ticker that checkpoints an idle input and closes the windows of a silent line.
+Several workers in one group therefore each hold, and restore, only the lines of their own partitions.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ class AdvisorService:
         self.publisher = self.rt.producer()
         self.state = AdvisorState(self.plant, self.engine, self.changelog_producer, settings.changelog_topic)
         self.evaluator = Evaluator(self.advisor, self.state, self.publisher)
-        self.sink = ChangelogSink(self.state, settings.checkpoint_interval_s, after_batch=self.after_batch)
+        self.sink = ChangelogSink(self.state, settings.checkpoint_interval_s, after_batch=self.after_batch,
+                                  assigned=self.on_assigned, revoked=self.on_revoked)
+        self.recommendations_copartitioned = True
         self.loop: ConsumerLoop | None = None
 
     # The parts, as the chat routes, the tests and the benchmark read them.
@@ -118,11 +122,26 @@ class AdvisorService:
     # --- recovery ------------------------------------------------------------------------------------------
 
     def ensure_changelog_topic(self) -> None:
+        """Create the changelog co-partitioned with the line topics (key: line id), or check that it is: a
+        worker restores the changelog partitions numbered as its input partitions, so the counts must match."""
         catalog = load_catalog(self.settings.schemas_dir)
-        partitions = catalog[topics.LINE_OBSERVATIONS].partitions  # co-partitioned with the inputs (key: line)
         admin = new_admin(self.settings)
+        existing = admin.list_topics(timeout=10).topics
+        counts = {}
+        for topic in (*KIND_BY_TOPIC, RECOMMENDATIONS_TOPIC):
+            info = existing.get(self.settings.topic(topic))
+            counts[topic] = len(info.partitions) if info is not None and info.partitions else catalog[topic].partitions
+        partitions = counts[topics.LINE_OBSERVATIONS]
+        if len({counts[t] for t in KIND_BY_TOPIC}) != 1:
+            raise ValueError(f"the line topics must have one partition count (co-partitioned by line): {counts}")
+        self.state.partitions = partitions
+        self.recommendations_copartitioned = counts[RECOMMENDATIONS_TOPIC] == partitions
         name = self.settings.topic(self.settings.changelog_topic)
-        if name in admin.list_topics(timeout=10).topics:
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have != partitions:
+                raise ValueError(f"the changelog {name} has {have} partitions and the line topics {partitions}: "
+                                 "it must be co-partitioned with them (delete it; it is rebuilt from the inputs)")
             return
         futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=-1,
                                                 config={"cleanup.policy": "compact"})])
@@ -153,6 +172,43 @@ class AdvisorService:
         for due in self.state.restore(self._read_topic(self.settings.changelog_topic), published):
             self.evaluator.enqueue(due)
         return len(set(self.state.states) - before) or len(self.state.states)
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        """The loop's thread, before any record of `partitions`: restore the lines of their changelog partitions."""
+        started = time.monotonic()
+        self.state.assign(partitions)
+        recs_partitions = partitions if self.recommendations_copartitioned else None
+        published: set[str] = set()
+        serde = self.publisher.serde
+        for record in read_topic(self.settings, RECOMMENDATIONS_TOPIC, start=Tail(2000), decode=False,
+                                 partitions=recs_partitions):
+            if record.value is None:
+                continue
+            try:
+                published.add(serde.decode(RECOMMENDATIONS_TOPIC, record.value)["id"])
+            except Exception:  # noqa: BLE001 - a foreign record on the topic is not ours to judge
+                continue
+        before = self.state.restored_records
+        changelog = [(r.key, r.value, r.partition) for r in
+                     read_topic(self.settings, self.settings.changelog_topic, decode=False, partitions=partitions)]
+        for due in self.state.restore(changelog, published):
+            self.evaluator.enqueue(due)
+        event(log, "partitions_restored", partitions=sorted(partitions),
+              changelog_records=self.state.restored_records - before, seconds=round(time.monotonic() - started, 3))
+
+    def on_revoked(self, partitions: set[int]) -> None:
+        """The loop's thread, after its checkpoint: stop evaluating the lines of `partitions`, let an evaluation
+        of theirs in flight finish (its id then reaches the changelog), checkpoint, and forget them."""
+        lines = set(self.state.release(partitions))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            due = self.evaluator.in_flight
+            if due is None or due.line_id not in lines:
+                break
+            time.sleep(0.02)
+        self.sink.flush()
+        self.state.drop(lines)
+        event(log, "partitions_dropped", partitions=sorted(partitions), lines=len(lines))
 
     def checkpoint(self) -> bool:
         return self.sink.flush()
@@ -226,8 +282,10 @@ class AdvisorService:
         self.loop = self.rt.consumer_loop(self.settings.group_id, [*KIND_BY_TOPIC, *MEMORY_TOPICS], self.handle,
                                           sink=self.sink, batch_size=self.settings.batch_size,
                                           dead_letter_on=(ValueError, KeyError, TypeError))
+        # No restore before the loop: each assignment restores its own partitions (on_assigned), before the loop
+        # reports ready.
         return Service(loop=self.loop, routes=self.add_routes, tasks=[self.evaluations, self.ticker],
-                       restore=self.restore, on_stop=self.checkpoint, stop_timeout_s=35.0)
+                       on_stop=self.checkpoint, stop_timeout_s=35.0)
 
     def run(self, install_signal_handlers: bool = True) -> int:
         """Run in this thread until stopped (the benchmark and tests; the process uses `main`)."""

@@ -6,6 +6,11 @@ windows as event time moves, and writes every changed line to the changelog (key
 zlib-compressed JSON). `ChangelogSink` is the consumer loop's sink for that state: it holds back each input
 offset until a checkpoint that includes it is acknowledged, so a worker killed with SIGKILL restarts from its
 last checkpoint and replays the records after it (deduplicated by id inside a window).
+
+Several workers: the changelog is co-partitioned with the line topics (same key, same partition count, the same
+murmur2 partitioner), so a worker owns exactly the lines of its input partitions. On assignment it restores only
+the changelog partitions it was given (`assign` + `restore`); on revoke it drops those lines (`release`, then
+`drop` once no evaluation of theirs is in flight). `restored_records` counts what it read from the changelog.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from lineguard import telemetry, topics
 from lineguard.kafka import Producer, Record, Sink
 from lineguard.logs import event, get_logger
+from lineguard.partitioning import partition_for
 from lineguard.plant import PlantModel
 from services.advisor.engine import Due, LineState, WindowEngine
 from services.advisor.window import LineHistory, LineWindow
@@ -40,6 +46,14 @@ LATE_RECORDS = telemetry.counter(SERVICE, "late_records", "Records that arrived 
 CHECKPOINTS = telemetry.counter(SERVICE, "checkpoints", "Window state checkpoints written to the changelog.",
                                 ["outcome"])
 OPEN_WINDOWS = telemetry.gauge(SERVICE, "open_windows", "Windows open across lines.")
+CHANGELOG_RESTORED = telemetry.counter(SERVICE, "changelog_records_restored",
+                                       "Changelog records read to restore line state, by changelog partition.",
+                                       ["partition"])
+PARTITIONS_OWNED = telemetry.gauge(SERVICE, "partitions_owned",
+                                   "1 for each line-topic partition (and so changelog partition) this worker owns.",
+                                   ["partition"])
+MEMORY_NOT_OWNED = telemetry.counter(SERVICE, "memory_records_not_owned",
+                                     "Action and feedback records of a line whose partition another worker owns.")
 
 
 def encode_state(state: LineState) -> bytes:
@@ -65,6 +79,46 @@ class AdvisorState:
         self.published_ids: set[str] = set()
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # line -> latest recommendations (chat, API)
         self.folded = 0
+        # Partition scoping: `partitions` is the line topics' (and the changelog's) partition count, `owned` the
+        # partitions assigned to this worker; None: not scoped (one worker, tests), every line is ours.
+        self.partitions = 0
+        self.owned: set[int] | None = None
+        self.restored_records = 0
+
+    # --- partitions --------------------------------------------------------------------------------------
+
+    def partition_of(self, line: str) -> int:
+        return partition_for(line, self.partitions) if self.partitions else 0
+
+    def owns(self, line: str) -> bool:
+        with self.lock:
+            return self.owned is None or not self.partitions or self.partition_of(line) in self.owned
+
+    def assign(self, partitions: set[int]) -> None:
+        with self.lock:
+            self.owned = (self.owned or set()) | partitions
+        for partition in partitions:
+            PARTITIONS_OWNED.labels(str(partition)).set(1)
+
+    def release(self, partitions: set[int]) -> list[str]:
+        """Stop owning `partitions` (no new evaluation starts for their lines); the lines they hold."""
+        with self.lock:
+            if self.owned is not None:
+                self.owned -= partitions
+            lines = [line for line in self.states if self.partition_of(line) in partitions]
+        for partition in partitions:
+            PARTITIONS_OWNED.labels(str(partition)).set(0)
+        return lines
+
+    def drop(self, lines: Iterable[str]) -> None:
+        """Forget lines another worker now owns (their state is in the changelog)."""
+        with self.lock:
+            for line in lines:
+                self.states.pop(line, None)
+                self.dirty.discard(line)
+                self.last_record_wall.pop(line, None)
+                self.recent.pop(line, None)
+            OPEN_WINDOWS.set(sum(len(s.windows) for s in self.states.values()))
 
     def _line_state(self, value: Any) -> LineState:
         line = value.get("line_id") if isinstance(value, dict) else None
@@ -80,6 +134,12 @@ class AdvisorState:
     def fold(self, topic: str, value: Any) -> list[Due]:
         """One unified record (or an action or feedback record); returns the immediate evaluations it fired."""
         if topic in MEMORY_TOPICS:
+            line = value.get("line_id") if isinstance(value, dict) else None
+            if isinstance(line, str) and not self.owns(line):
+                # actions.v1 and feedback.v1 are not keyed by line: with several workers, only the line's owner
+                # may write its state (two writers of one changelog key would overwrite each other's windows).
+                MEMORY_NOT_OWNED.inc()
+                return []
             with self.lock:
                 state = self._line_state(value)
                 if MEMORY_TOPICS[topic] == "actions":
@@ -176,11 +236,14 @@ class AdvisorState:
 
     # --- recovery and checkpoints ------------------------------------------------------------------------
 
-    def restore(self, changelog: Iterable[tuple[bytes | None, bytes | None]], published: set[str]) -> list[Due]:
+    def restore(self, changelog: Iterable[tuple[Any, ...]], published: set[str]) -> list[Due]:
         """Recover every line from the changelog's records and the ids already published; the evaluations that
-        were due but not published, to run again."""
+        were due but not published, to run again. Records may be (key, value) or (key, value, partition)."""
         restored: dict[str, LineState] = {}
-        for key, value in changelog:
+        for item in changelog:
+            key, value = item[0], item[1]
+            self.restored_records += 1
+            CHANGELOG_RESTORED.labels(str(item[2]) if len(item) > 2 else "all").inc()
             if key is None:
                 continue
             line = key.decode()
@@ -247,10 +310,15 @@ class ChangelogSink(Sink):
     service."""
 
     def __init__(self, state: AdvisorState, interval_s: float,
-                 after_batch: Callable[[], None] | None = None) -> None:
+                 after_batch: Callable[[], None] | None = None,
+                 assigned: Callable[[set[int]], None] | None = None,
+                 revoked: Callable[[set[int]], None] | None = None) -> None:
         self.state = state
         self.interval_s = interval_s
         self.after_batch = after_batch
+        # The loop's rebalance hooks, reduced to the line topics' partitions (the changelog's): restore, drop.
+        self.assigned = assigned
+        self.revoked = revoked
         self.first_unsaved: dict[tuple[str, int], int] = {}
         self.last_seen: dict[tuple[str, int], int] = {}
         self.last_checkpoint = time.monotonic()
@@ -274,6 +342,24 @@ class ChangelogSink(Sink):
             self.after_batch()
         if time.monotonic() - self.last_checkpoint >= self.interval_s:
             self.flush()
+
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        """The loop assigned partitions (after its checkpoint, before any record of them): restore their state."""
+        lines = {p for topic, p in partitions if topic in KIND_BY_TOPIC}
+        if self.assigned is not None and lines:
+            self.assigned(lines)
+
+    def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        """The loop checkpointed and is giving partitions up: forget their offsets and (through `revoked`) lines."""
+        revoked = set(partitions)
+        with self._lock:
+            for key in [k for k in self.first_unsaved if k in revoked]:
+                del self.first_unsaved[key]
+            for key in [k for k in self.last_seen if k in revoked]:
+                del self.last_seen[key]
+        lines = {p for topic, p in partitions if topic in KIND_BY_TOPIC}
+        if self.revoked is not None and lines:
+            self.revoked(lines)
 
     def held_offsets(self) -> dict[tuple[str, int], int]:
         with self._lock:
