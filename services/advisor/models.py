@@ -17,6 +17,8 @@ is a change of `LINEGUARD_ADVISOR_MODEL_ALIAS` (or of the alias table), never of
   retry policy is ours and visible in metrics (botocore's own retries are set to one attempt).
 - `local`: a GGUF model through llama-cpp-python, output constrained by a grammar built from the JSON schema.
 - `openai`: any OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp server) over aiohttp.
+- `registry`: whatever model lineguard-train's registry names under an alias (default `production`), followed
+  without a restart: `{"advisor-registry": {"provider": "registry", "model_id": "s3://models/registry.json"}}`.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ DEFAULT_ALIASES: dict[str, dict[str, Any]] = {
                        "endpoint": "http://127.0.0.1:8000"},
     "analysis-only": {"provider": "analysis", "model_id": "deterministic-analysis", "version": "1"},
 }
-PROVIDERS = ("local", "bedrock", "openai", "analysis")
+PROVIDERS = ("local", "bedrock", "openai", "analysis", "registry")
 
 
 def parse_aliases(raw: str | Mapping[str, Any] | None) -> dict[str, ModelAlias]:
@@ -409,7 +411,47 @@ class ScriptedProvider:
                              latency_s=self.delay_s, error=error)
 
 
+class RegistryProvider:
+    """The model a registry alias points to (lineguard-train's registry; `model_id` is its file or s3:// location,
+    option `alias` defaults to production), followed without a restart: the registry is re-read at most every
+    `check_every_s` (default one window, 300 s), when the advisor reads `alias` for a window's evaluation. A
+    registry that cannot be read, or a model that cannot be created, keeps the model in use."""
+
+    def __init__(self, alias: ModelAlias) -> None:
+        from lineguard.model_registry import RegistryFollower, open_store
+
+        self.registry_alias = alias
+        self.follower = RegistryFollower(open_store(alias.model_id), str(alias.options.get("alias", "production")))
+        self.check_every_s = float(alias.options.get("check_every_s", 300.0))
+        self.inner: ModelProvider = AnalysisOnlyProvider(parse_aliases(None)["analysis-only"])
+        self._checked = -float("inf")
+        self.refresh()
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.check_every_s:
+            return
+        self._checked = now
+        spec = self.follower.check()
+        if spec is None or spec.get("provider") == "registry":
+            return
+        try:
+            self.inner = create_provider(parse_aliases({"registry-model": spec})["registry-model"])
+        except (ModelError, ValueError):
+            return  # the model named cannot run here: keep the one in use
+
+    @property
+    def alias(self) -> ModelAlias:
+        self.refresh()
+        return self.inner.alias
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        return await self.inner.generate(request)
+
+
 def create_provider(alias: ModelAlias, **kwargs: Any) -> ModelProvider:
+    if alias.provider == "registry":
+        return RegistryProvider(alias)
     if alias.provider == "bedrock":
         return BedrockProvider(alias, **kwargs)
     if alias.provider == "openai":
