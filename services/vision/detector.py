@@ -164,7 +164,7 @@ class Familiarity:
 
 class LocalDetector:
     """Features + a small network; about 100 images per CPU-second at 256 x 256 on the loaded development machine
-    (bench/bench_vision.py), near 200/s on a quiet core."""
+    (bench/bench_vision.py), near 190/s on a quiet core."""
 
     def __init__(self, model_path: str | Path | None = None) -> None:
         path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
