@@ -2,7 +2,7 @@
 // Every piece of text from the server goes into the page with textContent, never as HTML.
 "use strict";
 
-const UNITS = { CEL: "°C", NU: "N·m", RPM: "rpm", "2X": "m/min", P1: "%", C62: "", GRM: "g", KWT: "kW", "2Z": "mV" };
+const UNITS = { CEL: "°C", NU: "N·m", RPM: "rpm", "2X": "m/min", P1: "%", C62: "", GRM: "g", KWT: "kW", "2Z": "mV", AMP: "A" };
 const state = { csrf: null, user: null, events: null, feed: null, actions: [], twin: null, recording: null,
   cards: new Map(), drafts: new Map() };
 
