@@ -21,6 +21,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lineguard.units import with_unit
 from services.notifier.rules import Group, Rule, Rules, rank
 
 State = MutableMapping[str, Any]
@@ -136,8 +137,7 @@ def action_item(rec: dict) -> tuple[Item | None, str | None]:
     if status not in ACTION_SEVERITY:
         return None, "not_notified_status"  # requested, approved, executing: the result follows
     machine = rec["machine_entity_id"].rsplit(":", 1)[-1]
-    unit = f" {rec['unit_code']}" if rec.get("unit_code") else ""
-    title = f"{ACTION_TITLE[status]}: {machine} {rec['parameter']} -> {rec['value']:g}{unit}"
+    title = f"{ACTION_TITLE[status]}: {machine} {rec['parameter']} -> {with_unit(rec['value'], rec.get('unit_code'))}"
     parts = [rec.get("reason") or "", f"by {rec['actor']}" if rec.get("actor") else "",
              f"error: {rec['error']}" if rec.get("error") else ""]
     pending_root = f"action-{short_hash(rec['action_id'], 'pending_approval')}"

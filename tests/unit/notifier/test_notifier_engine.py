@@ -179,6 +179,7 @@ def test_a_pending_approval_is_never_held_back_and_its_result_closes_the_escalat
               "reason": "zone 1 runs hot", "actor": None, "created_at": int(T0 * 1000),
               "updated_at": int(T0 * 1000), "expires_at": int((T0 + 600) * 1000), "readback_value": None, "error": None}
     item, _ = action_item(action)
+    assert item.title == "Approval needed: line1-oven zone1_setpoint -> 180 °C"  # a symbol, never the unit code
     decision = eng.decide(state, item, T0 + 1)
     assert decision.status == "notify" and decision.escalation is not None
     assert action_item({**action, "status": "executing"}) == (None, "not_notified_status")
