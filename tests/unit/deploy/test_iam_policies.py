@@ -29,6 +29,12 @@ IAM_PREFIX = {"bedrock-runtime": "bedrock"}
 # Method names shared with non-AWS objects in the same code (Kafka's AdminClient.list_topics, re.search, a
 # retriever's search): a call by these names is not taken as the AWS operation of the same name.
 FALSE_FRIENDS = {"list_topics", "search"}
+# Calls a shared module can make that a service never reaches, with the reason: the policy stays without them.
+NOT_REACHED = {
+    ("advisor", "s3:PutObject"): "lineguard/model_registry.py writes in register/promote/rollback, which only "
+                                 "lineguard-train runs; the advisor's RegistryFollower only reads the registry",
+    ("advisor", "s3:ListBucket"): "model_registry.audit_entries() lists the audit trail for lineguard-train",
+}
 
 
 def service_modules(service: str) -> set[Path]:
@@ -84,7 +90,7 @@ def test_the_committed_policies_are_current() -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_the_policy_covers_every_aws_call_of_the_service(service: str) -> None:
     policy = json.loads((IAM / f"{service}.json").read_text())
-    missing = aws_calls(service) - granted(policy)
+    missing = {a for a in aws_calls(service) - granted(policy) if (service, a) not in NOT_REACHED}
     assert not missing, f"{service} calls {sorted(missing)} but its IAM policy does not allow it"
     for statement in policy["Statement"]:
         for action in statement["Action"]:
