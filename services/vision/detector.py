@@ -163,8 +163,8 @@ class Familiarity:
 
 
 class LocalDetector:
-    """Features + a small network; about 100 images per CPU-second at 256 x 256 on the loaded development machine
-    (bench/bench_vision.py), near 190/s on a quiet core."""
+    """Features + a small network; about 136 images/s per core at 256 x 256 (bench/bench_vision.py on a quiet core,
+    about 100 per CPU-second on the loaded shared development machine)."""
 
     def __init__(self, model_path: str | Path | None = None) -> None:
         path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
