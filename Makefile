@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,console,notifier,trainer,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench run-deps system-deps clean
 
 # The AsyncAPI parser that validates docs/asyncapi.yaml in the tests (npm, versions pinned by the lock file).
 ASYNCAPI_DEPS := deploy/asyncapi/node_modules/.installed
@@ -26,12 +26,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(QUIET_PIP)
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-# Debian packages the tests need (a real MQTT broker). Skipped when already there.
-system-deps:
+# Debian packages the running system needs: a real MQTT broker, and espeak-ng for the console's spoken answers.
+# Skipped when already there.
+run-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { echo "installing mosquitto (Debian package)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) || \
 	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null); }
+	@command -v espeak-ng >/dev/null 2>&1 || \
+	  { echo "installing espeak-ng (Debian package; the console speaks its answers)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
+	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null); }
+
+# ... and what the tests need on top: Chromium for the browser tests, an OpenSSH server for the SFTP tests.
+system-deps: run-deps
 	@{ command -v chromium >/dev/null 2>&1 && command -v espeak-ng >/dev/null 2>&1; } || \
 	  { echo "installing chromium and espeak-ng (Debian packages; the console's browser and voice tests)"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng >/dev/null) || \
@@ -41,11 +49,14 @@ system-deps:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null) || \
 	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); }
 
-run: $(STAMP)
+run: $(STAMP) run-deps
 	$(VENV)/bin/lineguard up
 
 test: $(STAMP) system-deps $(ASYNCAPI_DEPS)
 	$(VENV)/bin/ruff check .
+	@# Byte-compile once: the end-to-end tests start every service at once, and on a fresh clone each process
+	@# would otherwise compile the same modules while the readiness clocks run.
+	@$(PY) -m compileall -q lineguard services simulator >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
