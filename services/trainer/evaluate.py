@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lineguard.model_registry import SCORED
 from lineguard.plant import PlantModel
 from services.advisor.models import ModelError, ModelProvider, ModelRequest
 from services.advisor.recommend import SYSTEM_PROMPT
@@ -30,14 +31,7 @@ from services.trainer.extract import SourceSection
 from services.trainer.generate import ANSWER_SCHEMA
 from services.trainer.validate import check_example
 
-ACCURACIES = (
-    "valid_share",
-    "category_accuracy",
-    "root_cause_accuracy",
-    "action_accuracy",
-    "direction_accuracy",
-    "citation_accuracy",
-)
+ACCURACIES = SCORED  # the shares a report lists are the ones promotion scores
 
 
 def load_dataset(
