@@ -157,8 +157,10 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
     batch + 1, so a watermark-bounded read stops early). A partition is finished when either
     - librdkafka reports end-of-partition (`enable.partition.eof`: the fetch position equals the high
       watermark and the fetch returned nothing more), or
-    - the position has reached the high watermark read after the assignment AND no record of that partition
-      arrived during `quiet_s` of consuming (a broker with a low watermark then has nothing more to give).
+    - the position has reached the high watermark read after the assignment AND either no record of that
+      partition arrived during `quiet_s` of consuming (a broker with a low watermark then has nothing more to
+      give) or the position has passed the high watermark of the first fetch response (where the partition
+      ended when the read began: a topic written to all the time is never quiet and never reports its end).
     Records produced after the read started may or may not be included. Undecodable records (with `decode`) are
     skipped with a log line. Raises TimeoutError when the end is not reached within `timeout_s`; a topic that
     does not exist yields nothing. No offsets are committed and no group is joined.
@@ -201,6 +203,7 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
         now = time.monotonic()
         last_record = {p: now for p in goal}
         todo = set(goal)
+        fetched: dict[int, int] = {}
         deadline = now + timeout_s
         # A tail starts `count` before the reported end, which may be short of the true end: keep the last
         # `count` per partition and hand them out once the end is reached.
@@ -237,7 +240,16 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
                 else:
                     tails.setdefault(partition, deque(maxlen=start.count)).append(record)  # type: ignore[union-attr]
             for partition in list(todo):
-                if position[partition] >= goal[partition] and now - last_record[partition] >= quiet_s:
+                if partition not in fetched and messages:
+                    # The high watermark of the first fetch: where the partition ended when the read began (a
+                    # fetch response's watermark is right on Tansu; its ListOffsets answer can run short).
+                    high = consumer.get_watermark_offsets(TopicPartition(full, partition), cached=True)[1]
+                    if high is not None and high >= 0:
+                        fetched[partition] = high
+                if position[partition] >= goal[partition] and (
+                        now - last_record[partition] >= quiet_s or position[partition] >= fetched.get(partition, -1) >= 0):
+                    # Quiet, or past where the partition ended when the read began: a topic that is written
+                    # to all the time (a running line) is never quiet, and never reaches end-of-partition.
                     todo.discard(partition)
         for partition in sorted(tails or {}):
             yield from tails[partition]  # type: ignore[index]

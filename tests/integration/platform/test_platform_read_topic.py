@@ -53,3 +53,36 @@ def test_clients_carry_the_service_client_id(make_settings):
         assert consumer.list_topics(timeout=10).topics is not None
     finally:
         consumer.close()
+
+
+def test_a_topic_written_to_all_the_time_is_read_to_where_it_ended_when_the_read_began(make_settings, create_topics):
+    """A running line never leaves its topics quiet, and the reader never sees end-of-partition: the read stops
+    once it passes the end the first fetch reported, with every record that was there before it began."""
+    import threading
+
+    settings = make_settings()
+    create_topics(settings)
+    _produce(settings, 500)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        producer = Producer(settings)
+        i = 500
+        while not stop.is_set():
+            producer.produce(topics.RAW_TELEMETRY, "line1-mixer", raw_reading(i))
+            producer.poll(0)
+            i += 1
+            time.sleep(0.002)
+        producer.close()
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        ids = [r.value["id"] for r in read_topic(settings, topics.RAW_TELEMETRY, timeout_s=30)]
+        assert time.monotonic() - started < 20
+    finally:
+        stop.set()
+        writer.join(10)
+    assert ids[:500] == [f"r{i}" for i in range(500)]
