@@ -32,7 +32,9 @@ from lineguard.settings import Settings, read_dotenv
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Service -> (HTTP port in the embedded profile). The order is the start order.
+# Service -> (HTTP port in the embedded profile). The order is the start order. services/trainer is not here on
+# purpose: it is a batch job (`lineguard-train prepare|evaluate|...`, a Kubernetes Job/CronJob), not a service
+# that runs all the time; run it by hand against a running `lineguard up` (services/trainer/README.md).
 SERVICE_PORTS: dict[str, int] = {
     "ingest": 8081,
     "vision": 8082,
