@@ -3,7 +3,9 @@
 - `/livez` is 200 while the service's loop made progress within `liveness_timeout_s` (never broker reachability:
   a broker outage must not restart every pod).
 - `/readyz` is 200 once partitions are assigned and state is recovered (the service says so with `set_ready`).
-- `/metrics` is the Prometheus text exposition.
+- `/metrics` is the Prometheus text exposition: on the service's port by default, or alone on a port of its own
+  (`LINEGUARD_METRICS_PORT`, see `create_metrics_app`) so a NetworkPolicy can open metrics to Prometheus without
+  opening the API.
 
 Each service owns one port; it adds its own API routes to the same aiohttp application.
 """
@@ -58,12 +60,19 @@ class Health:
 
 
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
+METRICS_PATH = "/metrics"
 
 
-def create_app(health: Health, client_max_size: int = 1024**2) -> web.Application:
+async def _metrics(_: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(health: Health, client_max_size: int = 1024**2, metrics: bool = True) -> web.Application:
     """An aiohttp application with the health and metrics routes; add the service's own routes to it.
 
-    `client_max_size` bounds a request body (aiohttp's default is 1 MiB; image batch uploads need more)."""
+    `client_max_size` bounds a request body (aiohttp's default is 1 MiB; image batch uploads need more).
+    `metrics=False` leaves `/metrics` out: it is served on its own port by `create_metrics_app`."""
     app = web.Application(client_max_size=client_max_size)
 
     async def livez(_: web.Request) -> web.Response:
@@ -74,15 +83,32 @@ def create_app(health: Health, client_max_size: int = 1024**2) -> web.Applicatio
         status = health.status()
         return web.json_response(status, status=200 if status["ready"] else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    if metrics:
+        app.router.add_get(METRICS_PATH, _metrics)
     app[HEALTH_KEY] = health
     return app
+
+
+def create_metrics_app() -> web.Application:
+    """`/metrics` alone, for the metrics port: a scraper reaching it reaches nothing else (small bodies only)."""
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_get(METRICS_PATH, _metrics)
+    return app
+
+
+async def start_metrics_server(host: str, port: int) -> web.AppRunner:
+    """Serve `create_metrics_app` on host:port (0: a free port, see `runner.addresses`); `cleanup()` stops it.
+    Raises OSError when the port cannot be bound."""
+    runner = web.AppRunner(create_metrics_app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 class BackgroundHttpServer:

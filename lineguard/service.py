@@ -11,7 +11,8 @@ A service is its settings, a `build` function and one call:
 
 `run_service` reads the settings (exit 2 naming the variable), sets up JSON logs and tracing, calls `build`
 (a `StartupError` or `SettingsError` there exits 2), serves `/livez`, `/readyz`, `/metrics` and the service's
-routes on `LINEGUARD_HTTP_PORT` (a port that cannot be bound exits 2), runs `restore` (readiness waits for it),
+routes on `LINEGUARD_HTTP_PORT` (`/metrics` alone on `LINEGUARD_METRICS_PORT` when that is set; a port that
+cannot be bound exits 2), runs `restore` (readiness waits for it),
 tunes the GC, then runs the consumer loop on its own thread and the background tasks on the asyncio event loop
 of the main thread until SIGTERM or SIGINT. Shutdown: readiness off; the loop finishes its batch, checkpoints
 and leaves the group; tasks get `stop_timeout_s` to see `rt.stopping` and return, then are cancelled; the HTTP
@@ -40,7 +41,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 from aiohttp import web
 
-from lineguard.health import Health, create_app
+from lineguard.health import Health, create_app, start_metrics_server
 from lineguard.logs import event, get_logger, setup_logging
 from lineguard.settings import Settings, SettingsError
 from lineguard.telemetry import setup_tracing
@@ -120,6 +121,7 @@ class Runtime(Generic[S]):
     settings: S
     health: Health = None  # type: ignore[assignment]
     port: int | None = None  # the bound HTTP port, once serving
+    metrics_port: int | None = None  # the bound metrics port (the HTTP port unless LINEGUARD_METRICS_PORT is set)
     _producers: list[Any] = field(default_factory=list)
     _stopping: asyncio.Event | None = None
     _aio: asyncio.AbstractEventLoop | None = None
@@ -185,21 +187,29 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
     stopping = rt.stopping
     loop = service.loop
     health.set_ready(False, "starting")
-    app = create_app(health, client_max_size=service.client_max_size)
+    # LINEGUARD_METRICS_PORT: /metrics alone on a port of its own (a NetworkPolicy opens it to Prometheus only)
+    # (0: a free port of its own, as for the HTTP port; the HTTP port's own number: stays on the HTTP port)
+    own_metrics_port = settings.metrics_port == 0 or settings.metrics_port not in (None, settings.http_port)
+    app = create_app(health, client_max_size=service.client_max_size, metrics=not own_metrics_port)
     if service.routes is not None:
         service.routes(app)
     runner = web.AppRunner(app, access_log=None)  # access logs could carry secrets in URLs
     await runner.setup()
+    metrics_runner: web.AppRunner | None = None
     try:
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        if own_metrics_port:
+            metrics_runner = await start_metrics_server(settings.http_host, settings.metrics_port)
     except OSError as exc:  # the port is taken, or the address is wrong
-        event(log, "http_server_failed", level=CRITICAL, host=settings.http_host, port=settings.http_port, error=str(exc))
+        event(log, "http_server_failed", level=CRITICAL, host=settings.http_host, port=settings.http_port,
+              metrics_port=settings.metrics_port, error=str(exc))
         await runner.cleanup()
         if loop is not None:
             loop.consumer.close()
         await _close_producers(rt)
         return EXIT_CONFIG
     rt.port = runner.addresses[0][1]
+    rt.metrics_port = metrics_runner.addresses[0][1] if metrics_runner is not None else rt.port
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             rt._aio.add_signal_handler(sig, stopping.set)
@@ -232,7 +242,7 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
             loop_running = True
             loop_task = asyncio.create_task(asyncio.to_thread(loop.run), name="consumer-loop")
         event(log, "service_started", service=settings.service_name, port=rt.port,
-              consumer_group=getattr(loop, "group_id", None))
+              metrics_port=rt.metrics_port, consumer_group=getattr(loop, "group_id", None))
         stop_waiter = asyncio.create_task(stopping.wait())
         waiters: set[asyncio.Future] = {stop_waiter, *tasks}
         if loop_task is not None:
@@ -268,6 +278,8 @@ async def serve(rt: Runtime[Any], service: Service, install_signals: bool = True
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()  # finishes in-flight requests
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         if service.on_stop is not None:
             try:
                 result = service.on_stop()

@@ -136,6 +136,8 @@ class Settings:
     plant_file: Path | None = env_field(None, help="The plant model YAML; default: examples/cookie-line/plant.yaml.")
     http_host: str = env_field("0.0.0.0", help="Address of the health, metrics and API server.")
     http_port: int = env_field(8080, help="Port of the health, metrics and API server.")
+    metrics_port: int | None = env_field(
+        None, help="Serve /metrics alone on this port (and not on the HTTP port); unset = on the HTTP port.")
     log_level: str = env_field("INFO", help="DEBUG, INFO, WARNING or ERROR.")
     liveness_timeout_s: float = env_field(60.0, help="/livez fails when the loop made no progress for this long.")
     instance_id: str = env_field(socket.gethostname(), help="This instance (pod name); used in ids and headers.")
@@ -172,6 +174,8 @@ class Settings:
             raise SettingsError(f"LINEGUARD_LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
         if not 0 <= self.http_port <= 65535:
             raise SettingsError(f"LINEGUARD_HTTP_PORT={self.http_port}: expected a port between 0 and 65535")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"LINEGUARD_METRICS_PORT={self.metrics_port}: expected a port between 0 and 65535")
         if not self.kafka_bootstrap.strip():
             raise SettingsError("LINEGUARD_KAFKA_BOOTSTRAP is empty: set it to host:port of a Kafka broker")
 

@@ -17,6 +17,7 @@ from lineguard.catalog import load_catalog
 NAMESPACE = "lineguard"
 OVERLAYS = ("overlays/production", "overlays/msk")
 HTTP = 8080
+METRICS = 9090
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -89,8 +90,8 @@ def allowed(policies: list[dict], pod: dict[str, str], direction: str, peer: Pee
     for policy in selecting:
         for rule in policy["spec"].get(direction, []):
             peers = rule.get(side)
-            if (not peers or any(peer.matches(p) for p in peers)) and port_matches(rule.get("ports"), port,
-                                                                                   {"http": HTTP}):
+            if (not peers or any(peer.matches(p) for p in peers)) and port_matches(
+                    rule.get("ports"), port, {"http": HTTP, "metrics": METRICS}):
                 return True
     return False
 
@@ -152,7 +153,9 @@ def test_every_service_reaches_kafka_and_dns_and_is_scraped(rendered: list[dict]
         assert allowed(policies, labels[service], "egress", broker, 9092), service
         assert can_reach_outside(rendered, service, "10.100.3.7", 9098), f"{service}: MSK IAM"
         assert allowed(policies, labels[service], "egress", dns, 53), service
-        assert allowed(policies, labels[service], "ingress", prometheus, HTTP), service
+        assert allowed(policies, labels[service], "ingress", prometheus, METRICS), service
+        # Prometheus reaches /metrics alone: the API port stays closed to the monitoring namespace.
+        assert not allowed(policies, labels[service], "ingress", prometheus, HTTP), service
         assert not allowed(policies, labels[service], "egress", Peer("default", {"app": "x"}), 5432), service
 
 

@@ -280,6 +280,13 @@ def deployment_problems(deployment: dict) -> list[str]:
         elif env_value(container, "LINEGUARD_HTTP_PORT") != str(ports["http"]):
             problems.append(f"{where}: env LINEGUARD_HTTP_PORT={env_value(container, 'LINEGUARD_HTTP_PORT')!r} "
                             f"does not match the http container port {ports['http']}")
+        # /metrics alone on its own port, so NetworkPolicy can open it to Prometheus without opening the API
+        if "metrics" not in ports:
+            problems.append(f"{where}: no container port named metrics")
+        elif env_value(container, "LINEGUARD_METRICS_PORT") != str(ports["metrics"]) or \
+                ports["metrics"] == ports.get("http"):
+            problems.append(f"{where}: env LINEGUARD_METRICS_PORT={env_value(container, 'LINEGUARD_METRICS_PORT')!r}"
+                            f" is not the metrics container port {ports['metrics']} (apart from http)")
         for probe_name, path in (("startupProbe", None), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
             probe = container.get(probe_name)
             if not probe or "httpGet" not in probe:
@@ -414,7 +421,8 @@ def test_services_accounts_and_references_resolve(built: dict[str, list[dict]], 
         assert template["spec"]["serviceAccountName"] in accounts, name
         service = services[name]
         assert selects(service["spec"]["selector"], labels), f"Service {name} does not select its pods"
-        assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
+        assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http"),
+                                                                                    ("metrics", "metrics")]
         (container,) = template["spec"]["containers"]
         assert container["image"].startswith(f"ghcr.io/lineguard/{name}:")
         assert container["command"] == ["python", "-m", f"services.{name}"]
@@ -525,6 +533,7 @@ def test_one_service_monitor_per_service(built: dict[str, list[dict]], build_nam
         port_names = {p["name"] for p in matched[0]["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+            assert endpoint["port"] == "metrics", f"{name}: scrape the metrics port, never the API port"
 
 
 def test_msk_overlay(built: dict[str, list[dict]]) -> None:
@@ -610,6 +619,9 @@ def test_deployment_checks_catch_broken_manifests(built: dict[str, list[dict]]) 
         "no HTTP readinessProbe": lambda c, p: c.pop("readinessProbe"),
         "LINEGUARD_HTTP_PORT": lambda c, p: next(e for e in c["env"] if e["name"] == "LINEGUARD_HTTP_PORT")
         .update(value="8083"),
+        "LINEGUARD_METRICS_PORT": lambda c, p: next(e for e in c["env"] if e["name"] == "LINEGUARD_METRICS_PORT")
+        .update(value="8080"),
+        "no container port named metrics": lambda c, p: c.update(ports=[q for q in c["ports"] if q["name"] == "http"]),
         "limits.memory missing": lambda c, p: c["resources"]["limits"].pop("memory"),
         "readOnlyRootFilesystem": lambda c, p: c["securityContext"].update(readOnlyRootFilesystem=False),
         "terminationGracePeriodSeconds": lambda c, p: p.update(terminationGracePeriodSeconds=5),
