@@ -139,13 +139,17 @@ class StationStats:
     by_class: dict[str, int] = field(default_factory=dict)
     first_at: int = 0
     last_at: int = 0
+    not_judged: int = 0  # abstentions: the station reported the item but its detector declined to judge it
 
     def add(self, record: dict[str, Any]) -> None:
         at = int(record["captured_at"])
-        if self.items == 0 or at < self.first_at:
+        if (self.items == 0 and self.not_judged == 0) or at < self.first_at:
             self.first_at = at
-        self.items += 1
         self.last_at = max(self.last_at, at)
+        if record["verdict"] == "abstained":  # neither a defect nor a good item: not in the rates' denominator
+            self.not_judged += 1
+            return
+        self.items += 1
         if record["verdict"] == "defective":
             self.defective += 1
         for defect_class in {d["defect_class"] for d in record.get("defects") or ()}:

@@ -202,6 +202,8 @@ class Twin:
         at = int(value.get("captured_at") or value.get("inspected_at") or 0)
         classes = tuple(d["defect_class"] for d in value.get("defects") or ())
         machine.inspects = True
+        if value.get("verdict") == "abstained":  # not judged: neither good nor defective, not in the rates
+            return True
         machine.inspections.append((at, classes))
         horizon = max(at, max((a for a, _ in machine.inspections), default=at)) - self.defect_window_ms
         while machine.inspections and machine.inspections[0][0] < horizon:

@@ -373,8 +373,11 @@ class Normalizer:
             raise UnknownLineError(f"line {line.id!r} has no station {raw['station']!r} "
                                    f"(known: {', '.join(sorted(line.machines))})")
         verdict = raw["verdict"].strip().lower()
-        if verdict not in ("ok", "defective"):
-            raise InvalidValueError(f"verdict {raw['verdict']!r} is neither ok nor defective")
+        if verdict not in ("ok", "defective", "abstained"):
+            raise InvalidValueError(f"verdict {raw['verdict']!r} is neither ok nor defective (nor abstained)")
+        # abstained: the detector declined to judge the item; passed on as "not judged" (neither defect nor good)
+        if verdict == "abstained" and raw["defects"]:
+            raise InvalidValueError("an abstention carries no defects")
         for defect in raw["defects"]:
             confidence = defect["confidence"]
             if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
@@ -386,6 +389,7 @@ class Normalizer:
         if upstream is None:
             upstream = self._upstream[station.entity_id] = self.graph.upstream(station.entity_id)
         out = dict(raw)
+        out.setdefault("abstention", None)
         out.update(captured_at=to_epoch_ms(raw["captured_at"], "captured_at"),
                    inspected_at=to_epoch_ms(raw["inspected_at"], "inspected_at"), verdict=verdict,
                    line_entity_id=line.entity_id, station_entity_id=station.entity_id, upstream=list(upstream))

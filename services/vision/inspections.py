@@ -1,6 +1,7 @@
 """Inspections (the `raw.inspections.v1` record) and where they go.
 
-`build_inspection` turns one detection into the Avro record (schemas/raw.inspections.v1.avsc); an
+`build_inspection` turns one detection into the Avro record (schemas/raw.inspections.v1.avsc): a judgement
+(verdict ok or defective) or an abstention (verdict abstained, `abstention` says why); an
 `InspectionSink` publishes it and returns only once it is durably written. `KafkaInspectionSink` is the
 real one (lineguard.kafka.Producer, acknowledged by the broker); `MemoryInspectionSink` serves unit tests.
 """
@@ -53,6 +54,9 @@ def build_inspection(meta: ImageMeta, detection: Detection, image_uri: str,
         "image_uri": image_uri,
         "model": detection.model.to_dict(),
         "latency_ms": round(detection.latency_ms, 3),
+        # an abstention is published too, as a distinct result: not a defect, not good, "not judged"
+        "abstention": ({"reason": detection.abstention or "unfamiliar", "message": detection.message}
+                       if detection.abstained else None),
     }
 
 

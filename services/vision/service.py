@@ -11,8 +11,9 @@ the detector (in a thread, off the event loop) -> stored in the object store (un
 claim-check reference) -> the inspection published through the sink, which returns only once the record is
 durably written -> 200 with the inspection. Anything wrong with the input is a 4xx naming the problem; nothing
 is published for it and a refused image is not kept. When the detector abstains (the image is unlike anything
-it was trained on), the fallback detector (Bedrock) judges it if one is configured; otherwise the answer is 200
-with verdict `abstained`: the image is kept for labelling, counted, and not published.
+it was trained on), the fallback detector (Bedrock) judges it if one is configured; otherwise the image is kept
+for labelling, counted, and published as a distinct result, verdict `abstained` with its reason (consumers count
+it as "not judged": neither a defect nor a good item); the answer is 200 with that record.
 """
 
 from __future__ import annotations
@@ -166,11 +167,11 @@ class VisionService:
             event(log, "image_rejected", level=20, item_id=upload.meta.item_id, line_id=upload.meta.line_id,
                   status=error.status, reason=error.reason, error=str(error))
             raise
+        self.verdicts.labels(inspection["verdict"]).inc()
         if inspection["verdict"] == "abstained":
             self.images.labels("abstained").inc()
             return inspection
         self.images.labels("inspected").inc()
-        self.verdicts.labels(inspection["verdict"]).inc()
         for defect in inspection["defects"]:
             self.defects.labels(defect["defect_class"]).inc()
         return inspection
@@ -209,12 +210,11 @@ class VisionService:
             key = image_key(upload.meta.line_id, upload.meta.station, upload.meta.item_id,
                             upload.meta.captured_at, decoded.format)
             image_uri = await self.store.put(key, data, _CONTENT_TYPES[decoded.format])
-        if detection.abstained:  # kept for labelling, not published: no verdict to publish
-            return {"verdict": "abstained", "reason": detection.abstention, "message": detection.message,
-                    "item_id": upload.meta.item_id, "line_id": upload.meta.line_id, "station": upload.meta.station,
-                    "image_uri": image_uri, "model": detection.model.to_dict(), "published": False}
         inspection = build_inspection(upload.meta, detection, image_uri)
-        await self.sink.publish(inspection)
+        await self.sink.publish(inspection)  # an abstention too: kept for labelling and published as "not judged"
+        if detection.abstained:
+            return {**inspection, "reason": inspection["abstention"]["reason"],
+                    "message": inspection["abstention"]["message"]}
         return inspection
 
     async def _detect(self, detector: Detector, decoded: DecodedImage) -> Detection:

@@ -142,3 +142,44 @@ def test_camera_through_the_service_to_raw_inspections(make_settings: Callable[.
     stored = sorted((tmp_path / "images").rglob("*.png"))
     assert len(stored) == len(truth)
     assert all("line_id=line1" in str(p) and "date=2026-11-29" in str(p) for p in stored)
+
+
+@pytest.mark.timeout(120)
+def test_an_abstention_reaches_raw_inspections_as_not_judged(make_settings: Callable[..., Settings],
+                                                             create_topics: Callable[[Settings], None],
+                                                             tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from lineguard.kafka.clients import read_topic
+    from lineguard.topics import RAW_INSPECTIONS
+    from simulator.camera import render_unusual
+
+    settings = make_settings()
+    create_topics(settings)
+    proc, port, log_path = start_service(settings, tmp_path)
+    answers = []
+    try:
+        for item_id, kind in (("blank-1", "blank_belt"), ("zoom-1", "zoomed")):
+            png = render_unusual(kind, np.random.default_rng(11))
+            body = json.dumps({"line_id": "line1", "station": "line1-detector", "item_id": item_id,
+                               "captured_at": "2026-11-29T12:00:00Z",
+                               "image_base64": base64.b64encode(png).decode()}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/images", data=body, method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {CAMERA_TOKEN}"})
+            with urllib.request.urlopen(request, timeout=30) as response:  # 200 only after the broker's ack
+                answers.append(json.loads(response.read()))
+        records = [r.value for r in read_topic(settings, RAW_INSPECTIONS, timeout_s=60)]
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=20)
+    assert code == 0, log_path.read_text()[-2000:]
+    assert [a["verdict"] for a in answers] == ["abstained", "abstained"]
+    by_item = {r["item_id"]: r for r in records}
+    assert set(by_item) == {"blank-1", "zoom-1"}, "each abstention published once"
+    for answer in answers:
+        record = by_item[answer["item_id"]]
+        assert record["verdict"] == "abstained" and record["defects"] == []
+        assert record["abstention"] == answer["abstention"] and record["abstention"]["reason"]
+        assert record["id"] == answer["id"] and record["image_uri"].startswith("file://")

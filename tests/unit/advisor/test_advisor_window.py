@@ -60,6 +60,25 @@ def test_advisor_window_states_alarms_inspections() -> None:
         window.add("weather", {})
 
 
+def test_advisor_window_counts_abstentions_as_not_judged() -> None:
+    window = LineWindow("line1", 0, 300_000)
+    verdicts = ["ok", "defective"] + ["abstained"] * 6
+    for i, verdict in enumerate(verdicts):
+        window.add("inspections", {"id": f"i{i}", "station": "detector", "captured_at": 1000 * (i + 1),
+                                   "station_entity_id": "urn:ngsi-ld:Machine:line1-detector", "verdict": verdict,
+                                   "defects": [{"defect_class": "burnt"}] if verdict == "defective" else []})
+    station = window.stations["detector"]
+    # an abstention is neither a defect nor a good item: the rates are over the judged items only
+    assert (station.items, station.defective, station.not_judged) == (2, 1, 6)
+    assert station.rate("burnt") == pytest.approx(1 / 2)
+    assert (station.first_at, station.last_at) == (1000, 8000)  # the station did report: not silent
+    copy = LineWindow.from_dict(json.loads(json.dumps(window.to_dict())))
+    assert copy.stations["detector"].not_judged == 6
+    older = window.to_dict()  # a changelog written before abstentions were counted still loads
+    del older["stations"]["detector"]["not_judged"]
+    assert LineWindow.from_dict(older).stations["detector"].not_judged == 0
+
+
 def test_advisor_window_round_trips_through_json() -> None:
     window = LineWindow("line1", 0, 300_000)
     for i in range(5):

@@ -90,6 +90,8 @@ def test_defect_rates_by_class_over_the_window() -> None:
         t.fold("inspections", inspection(100_000 + i))
     t.fold("inspections", inspection(100_010, "burnt", "cracked"))
     t.fold("inspections", inspection(100_020, "burnt"))
+    for i in range(5):  # abstentions: not judged, so neither good items nor defects
+        t.fold("inspections", {**inspection(100_030 + i), "verdict": "abstained"})
     detector = t.snapshot()["machines"][4]["inspections"]
     assert detector["items"] == 10
     assert detector["defective_rate"] == 0.2

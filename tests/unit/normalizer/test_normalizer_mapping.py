@@ -310,6 +310,17 @@ def test_inspection_is_joined_with_the_asset_graph(normalizer: Normalizer, serde
     serde.check(INSPECTIONS, out)
 
 
+def test_an_abstention_passes_as_not_judged(normalizer: Normalizer, serde: AvroSerde) -> None:
+    raw = {**inspection("abstained", defects=[]),
+           "abstention": {"reason": "unfamiliar", "message": "unlike the training images"}}
+    out = normalizer.inspection(raw)
+    assert out["verdict"] == "abstained" and out["defects"] == []
+    assert out["abstention"] == raw["abstention"]
+    serde.check(INSPECTIONS, out)
+    with pytest.raises(InvalidValueError, match="no defects"):
+        normalizer.inspection({**raw, "defects": inspection()["defects"]})
+
+
 @pytest.mark.parametrize(("kwargs", "error", "why"), [
     ({"line_id": "line9"}, UnknownLineError, "unknown line 'line9'"),
     ({"station": "roof"}, UnknownLineError, "no station 'roof'"),

@@ -247,23 +247,32 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_an_abstention_is_answered_counted_and_kept_but_not_published(detector, tmp_path):
+def test_an_abstention_is_answered_counted_kept_and_published_as_not_judged(detector, tmp_path):
+    from services.vision.inspections import TOPIC
+
     before = (metric("lineguard_vision_abstentions_total", reason="no_cookie"),
-              metric("lineguard_vision_images_total", outcome="abstained"))
+              metric("lineguard_vision_images_total", outcome="abstained"),
+              metric("lineguard_vision_verdicts_total", verdict="abstained"))
 
     async def scenario(client, service):
         response = await client.post("/v1/images", data=form(META, belt_only_png()))
         assert response.status == 200
         body = await response.json()
-        assert body["verdict"] == "abstained" and body["reason"] == "no_cookie" and body["published"] is False
+        assert body["verdict"] == "abstained" and body["reason"] == "no_cookie"
+        assert body["abstention"]["reason"] == "no_cookie" and "no cookie" in body["abstention"]["message"]
         assert "no cookie" in body["message"]
         assert Path(unquote(urlparse(body["image_uri"]).path)).exists()  # kept for labelling
 
     sink = run(detector, tmp_path, scenario)
-    assert sink.inspections == []
+    [published] = sink.inspections
+    assert published["verdict"] == "abstained" and published["defects"] == []
+    assert published["abstention"]["reason"] == "no_cookie"
+    serde = AvroSerde()  # the record is valid raw.inspections.v1 and keeps its abstention through the wire
+    assert serde.decode(TOPIC, serde.encode(TOPIC, published))["abstention"] == published["abstention"]
     after = (metric("lineguard_vision_abstentions_total", reason="no_cookie"),
-             metric("lineguard_vision_images_total", outcome="abstained"))
-    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
+             metric("lineguard_vision_images_total", outcome="abstained"),
+             metric("lineguard_vision_verdicts_total", verdict="abstained"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
 
 
 def bedrock_client():
