@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka import Producer as RdProducer
 from confluent_kafka.admin import AdminClient
 
+from lineguard.health import current_restore
 from lineguard.kafka.records import Record
 from lineguard.logs import Throttle, get_logger, throttled_event
 from lineguard.settings import Settings
@@ -42,7 +43,29 @@ def client_security(settings: Settings) -> dict[str, Any]:
         conf.setdefault("security.protocol", "SASL_SSL")
         conf["sasl.mechanism"] = "OAUTHBEARER"
         conf["oauth_cb"] = msk_iam_token_callback(settings.kafka_msk_iam_region)
+        if check_mode_clients is not None:  # the signer is installed (imported above); sign nothing
+            conf["oauth_cb"] = _check_mode_token
     return conf
+
+
+# Check mode (`python -m services.<name> --check-config`, lineguard.check_config): clients are built, never used.
+# While this is a list, each client built is described in it, and the MSK IAM token callback is a placeholder:
+# confluent-kafka calls the callback inside the constructor, and signing would reach for AWS credentials.
+check_mode_clients: list[dict[str, Any]] | None = None
+
+
+def _check_mode_token(_config: str) -> tuple[str, float]:
+    return "lineguard-check-config", time.time() + 300.0
+
+
+def _construct(kind: str, cls: Any, conf: dict[str, Any]) -> Any:
+    if check_mode_clients is not None:
+        check_mode_clients.append({
+            "kind": kind, "client_id": conf.get("client.id"),
+            "security_protocol": conf.get("security.protocol", "PLAINTEXT"),
+            "sasl_mechanism": conf.get("sasl.mechanism"), "ssl_ca_location": conf.get("ssl.ca.location"),
+            "msk_iam": "oauth_cb" in conf or None})
+    return cls(conf)
 
 
 def msk_iam_token_callback(region: str) -> Callable[[str], tuple[str, float]]:
@@ -101,27 +124,27 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
 
 def new_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     """A consumer with the loop's defaults; `overrides` are librdkafka settings (e.g. enable.auto.commit=False)."""
-    return Consumer(consumer_config(settings, group_id, **overrides))
+    return _construct("consumer", Consumer, consumer_config(settings, group_id, **overrides))
 
 
 def new_producer(settings: Settings, **overrides: Any) -> RdProducer:
     """The raw librdkafka producer; services produce through `lineguard.kafka.Producer`, which builds one here."""
-    return RdProducer(producer_config(settings, **overrides))
+    return _construct("producer", RdProducer, producer_config(settings, **overrides))
 
 
 def new_admin(settings: Settings, **overrides: Any) -> AdminClient:
-    return AdminClient({**_base(settings, "-admin"), **overrides})
+    return _construct("admin", AdminClient, {**_base(settings, "-admin"), **overrides})
 
 
 def admin_from_config(conf: dict[str, Any]) -> AdminClient:
     """An admin client from a plain configuration, for tools that know a bootstrap address but no settings
     (`lineguard.catalog.admin_client`, the embedded launcher's broker wait). Prefer `new_admin(settings)`."""
-    return AdminClient(conf)
+    return _construct("admin", AdminClient, conf)
 
 
 def producer_from_config(conf: dict[str, Any]) -> RdProducer:
     """A raw producer from a complete configuration (`lineguard.kafka.Producer` replacing a fenced one)."""
-    return RdProducer(conf)
+    return _construct("producer", RdProducer, conf)
 
 
 # --- read a topic to its end ----------------------------------------------------------------------------------
@@ -162,8 +185,10 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
       give) or the position has passed the high watermark of the first fetch response (where the partition
       ended when the read began: a topic written to all the time is never quiet and never reports its end).
     Records produced after the read started may or may not be included. Undecodable records (with `decode`) are
-    skipped with a log line. Raises TimeoutError when the end is not reached within `timeout_s`; a topic that
-    does not exist yields nothing. No offsets are committed and no group is joined.
+    skipped with a log line. Raises TimeoutError when `timeout_s` pass without progress (no record read, no
+    partition finished: a slow but moving read of a large changelog goes on); a topic that does not exist yields
+    nothing. No offsets are committed and no group is joined. Inside `Health.restoring` the read reports its
+    progress (records read, partitions done) to that restore, which keeps `/livez` up while it moves.
     """
     if decode and serde is None:
         from lineguard.avro import AvroSerde
@@ -205,6 +230,10 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
         todo = set(goal)
         fetched: dict[int, int] = {}
         deadline = now + timeout_s
+        restore = current_restore()
+        read = 0
+        if restore is not None:
+            restore.update(full, 0, 0, len(goal))
         # A tail starts `count` before the reported end, which may be short of the true end: keep the last
         # `count` per partition and hand them out once the end is reached.
         tails: dict[int, deque[Record]] | None = {} if isinstance(start, Tail) else None
@@ -215,6 +244,9 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
                                    f"(partitions left: {sorted(todo)})")
             messages = consumer.consume(1000, 0.2)
             now = time.monotonic()
+            done_before = len(todo)
+            if any(m.error() is None for m in messages):
+                deadline = now + timeout_s  # progress: the clock counts from the last record
             for msg in messages:
                 err = msg.error()
                 partition = msg.partition()
@@ -225,6 +257,7 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
                 offset = msg.offset()
                 position[partition] = offset + 1
                 last_record[partition] = now
+                read += 1
                 value = msg.value()
                 if decode:
                     try:
@@ -251,6 +284,10 @@ def read_topic(settings: Settings, topic: str, *, start: Start = BEGINNING, deco
                     # Quiet, or past where the partition ended when the read began: a topic that is written
                     # to all the time (a running line) is never quiet, and never reaches end-of-partition.
                     todo.discard(partition)
+            if len(todo) < done_before:
+                deadline = now + timeout_s
+            if restore is not None:
+                restore.update(full, read, len(goal) - len(todo), len(goal))
         for partition in sorted(tails or {}):
             yield from tails[partition]  # type: ignore[index]
     finally:

@@ -277,7 +277,8 @@ class AdvisorService:
 
     def service(self) -> Service:
         """What the runtime runs: the consumer loop, the API, the evaluations and the ticker, recovery first."""
-        self.ensure_changelog_topic()
+        if not self.rt.check_only:  # check mode (--check-config) reaches no broker
+            self.ensure_changelog_topic()
         # Bad input (an unknown line, a record missing its fields) is dead-lettered; anything else is a bug.
         self.loop = self.rt.consumer_loop(self.settings.group_id, [*KIND_BY_TOPIC, *MEMORY_TOPICS], self.handle,
                                           sink=self.sink, batch_size=self.settings.batch_size,

@@ -54,7 +54,7 @@ from services.notifier.engine import (
     short_hash,
     step_recipients,
 )
-from services.notifier.kafka_auth import broker_credentials
+from services.notifier.kafka_auth import MskIamTokenProvider, broker_credentials
 from services.notifier.links import Claims, LinkSigner
 from services.notifier.rules import Rules, RulesError, load_rules
 from services.notifier.settings import NotifierSettings
@@ -678,4 +678,14 @@ async def build(rt: Runtime[NotifierSettings]) -> Service:
     async def run() -> None:
         await notifier.run(rt.stopping)
 
-    return Service(routes=routes, tasks=[run], ready=notifier.ready, on_stop=notifier.close, stop_timeout_s=30.0)
+    def describe() -> dict[str, Any]:
+        # Check mode's summary (--check-config): the Faust/aiokafka client does not come from lineguard.kafka.
+        creds = notifier.app.conf.broker_credentials
+        protocol, mechanism = getattr(creds, "protocol", None), getattr(creds, "mechanism", None)
+        return {"kafka": {"bootstrap": settings.kafka_bootstrap, "clients": {"faust": 1},
+                          "security_protocol": getattr(protocol, "value", "PLAINTEXT"),
+                          "sasl_mechanism": getattr(mechanism, "value", None),
+                          "msk_iam": isinstance(getattr(creds, "oauth_cb", None), MskIamTokenProvider) or None}}
+
+    return Service(routes=routes, tasks=[run], ready=notifier.ready, on_stop=notifier.close, stop_timeout_s=30.0,
+                   describe=describe)
