@@ -21,6 +21,7 @@ NOTIFICATIONS = "notifications.v1"
 FEEDBACK = "feedback.v1"
 ADVISOR_WINDOWS_CHANGELOG = "advisor.windows.changelog.v1"
 NOTIFIER_STATE_CHANGELOG = "notifier.state.changelog.v1"
+NORMALIZER_ALARMS_CHANGELOG = "normalizer.alarms.changelog.v1"
 
 
 def dlq(topic: str) -> str:

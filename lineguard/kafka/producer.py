@@ -69,8 +69,9 @@ class Producer:
     def produce(self, topic: str, key: str | bytes | None, value: dict | bytes | None,
                 headers: Headers | None = None,
                 on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
-                trace: bool = True) -> None:
-        """Queue one record (non-blocking apart from back-off when the local queue is full).
+                trace: bool = True, partition: int = -1) -> None:
+        """Queue one record (non-blocking apart from back-off when the local queue is full); `partition` -1: the
+        key's hash decides.
 
         Without `on_delivery` the producer counts deliveries in its metrics itself; a caller that passes one
         (the consumer loop, `send`) counts them, so the hot path pays for one callback per record, not two.
@@ -83,9 +84,9 @@ class Producer:
         if trace and telemetry.traceparent(headers) is None:
             with telemetry.send_span(full, key):
                 headers = telemetry.inject_headers(headers)
-                self._produce_raw(full, _key_bytes(key), payload, headers, callback)
+                self._produce_raw(full, _key_bytes(key), payload, headers, callback, partition)
         else:
-            self._produce_raw(full, _key_bytes(key), payload, headers, callback)
+            self._produce_raw(full, _key_bytes(key), payload, headers, callback, partition)
 
     def _counter(self, topic: str, ok: bool) -> Any:
         child = self._labelled.get((topic, ok))
@@ -143,23 +144,25 @@ class Producer:
             self._counter(topic, False).inc(failed)
 
     def produce_encoded(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
-                        callback: Callable[[KafkaError | None, Message], None]) -> None:
+                        callback: Callable[[KafkaError | None, Message], None], partition: int = -1) -> None:
         """The hot-path form of produce() for loops: topic already prefixed, key in bytes, value encoded, trace
-        context already in `headers`, and a delivery callback the caller counts with."""
+        context already in `headers`, and a delivery callback the caller counts with (`partition` -1: the key's
+        hash decides)."""
         if self._fatal is not None:
             self._replace_after_fatal()
-        self._produce_raw(full, key, payload, headers, callback)
+        self._produce_raw(full, key, payload, headers, callback, partition)
 
     def _produce_raw(self, full: str, key: bytes | None, payload: bytes | None, headers: Headers | None,
-                     callback: Callable) -> None:
+                     callback: Callable, partition: int = -1) -> None:
         try:
-            self._producer.produce(full, payload, key, headers=headers, on_delivery=callback)
+            self._producer.produce(full, payload, key, partition=partition, headers=headers, on_delivery=callback)
         except BufferError:
             # Local queue full: serve delivery reports to make room (backpressure on the caller).
             while True:
                 self._producer.poll(0.05)
                 try:
-                    self._producer.produce(full, payload, key, headers=headers, on_delivery=callback)
+                    self._producer.produce(full, payload, key, partition=partition, headers=headers,
+                                           on_delivery=callback)
                     return
                 except BufferError:
                     continue

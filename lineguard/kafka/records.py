@@ -31,6 +31,9 @@ class Output:
     key: str | bytes | None
     value: dict | bytes | None
     headers: Headers | None = None
+    # An explicit partition (a state changelog written to the partition of the input it came from, as Kafka
+    # Streams does); -1: the key's hash decides.
+    partition: int = -1
 
 
 Handler = Callable[[Record], Iterable[Output] | None]

@@ -76,6 +76,9 @@ class AlarmTracker:
         self._replay_memory = replay_memory
         # alarm id -> the sequence of its latest state change (kept after a clear: the next activation goes on)
         self._sequence: dict[str, int] = {}
+        # alarm id -> the raw.alarms.v1 partition its device's records arrive on (several workers: each holds the
+        # alarms of its own partitions and drops them when the partition is revoked)
+        self._partition: dict[str, int] = {}
 
     def active_count(self) -> int:
         return len(self._active)
@@ -95,8 +98,30 @@ class AlarmTracker:
         if len(self._by_raw) > self._replay_memory:
             self._by_raw.popitem(last=False)
 
-    def restore(self, outputs: Iterable[dict]) -> int:
+    def note_partition(self, key: str, partition: int) -> None:
+        """The input partition of alarm `key` (the loop's record partition), for `drop_partitions`."""
+        self._partition[key] = partition
+
+    def partitions(self) -> set[int]:
+        return set(self._partition.values())
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget every alarm of `partitions` (revoked: another worker now owns them and restores them from the
+        changelog), with the raw ids remembered for them; returns how many alarms were dropped."""
+        gone = set(partitions)
+        keys = {key for key, p in self._partition.items() if p in gone}
+        for key in keys:
+            self._partition.pop(key, None)
+            self._sequence.pop(key, None)
+            self._active.pop(key, None)
+        if keys:
+            for raw_id in [r for r, out in self._by_raw.items() if out["alarm_id"] in keys]:
+                del self._by_raw[raw_id]
+        return len(keys)
+
+    def restore(self, outputs: Iterable[dict], partition: int | None = None) -> int:
         """Rebuild the state from published AlarmState records, oldest first; returns how many were read.
+        `partition`: the input partition these alarms belong to (a changelog partition of the same number).
 
         Idempotent fold by alarm id and sequence: a record whose sequence is not above the alarm's current one is
         a copy a replay republished (or an older change) and changes nothing. Records written before `sequence`
@@ -106,6 +131,8 @@ class AlarmTracker:
         for out in outputs:
             count += 1
             key = out["alarm_id"]
+            if partition is not None:
+                self._partition[key] = partition
             sequence = out.get("sequence")
             if sequence is not None:
                 if sequence <= sequences.get(key, 0):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 import weakref
 from collections.abc import Iterator, Sequence
 
@@ -13,15 +11,15 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 
 from lineguard import telemetry
-from lineguard.avro import AvroSerde
 from lineguard.health import Health, create_app
-from lineguard.kafka import Output, Record, read_topic
+from lineguard.kafka import Output, Record
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModelError, load_plant
 from lineguard.service import Runtime, Service, StartupError, run_service
+from services.normalizer.alarm_state import AlarmChangelog, ensure_changelog
 from services.normalizer.api import AssetGraphApi
 from services.normalizer.lake import LakeWriter, S3Store, open_store
-from services.normalizer.mapping import ALARMS, RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
+from services.normalizer.mapping import RAW_ALARMS, RAW_INSPECTIONS, RAW_TELEMETRY, ROUTES, Normalizer
 from services.normalizer.settings import NormalizerSettings
 
 log = get_logger(__name__)
@@ -36,9 +34,11 @@ class Pipeline:
     Counting costs one integer addition per record; the counters reach Prometheus at scrape time (a collector),
     not through a metric call per record on the hot path."""
 
-    def __init__(self, normalizer: Normalizer, service: str = "normalizer", lake: bool = True) -> None:
+    def __init__(self, normalizer: Normalizer, service: str = "normalizer", lake: bool = True,
+                 changelog: AlarmChangelog | None = None) -> None:
         self.normalizer = normalizer
         self.lake = lake
+        self.changelog = changelog  # every alarm state also goes to the alarm changelog (partition-scoped restore)
         self.records_in: dict[str, int] = {kind: 0 for kind, _ in ROUTES.values()}
         self.records_out: dict[str, int] = {kind: 0 for kind, _ in ROUTES.values()}
         self.rejected: dict[tuple[str, str], int] = {}
@@ -62,6 +62,8 @@ class Pipeline:
             self.rejected[key] = self.rejected.get(key, 0) + 1
             raise
         self.records_out[kind] += len(outputs)
+        if topic == RAW_ALARMS and self.changelog is not None and outputs:
+            outputs = [*outputs, self.changelog.output(record, outputs[0].value)]  # type: ignore[arg-type]
         return outputs
 
     def lake_row(self, record: Record, outputs: Sequence[Output]) -> tuple[str, dict] | None:
@@ -122,14 +124,6 @@ class _PipelineCollector:
         yield from (records_in, records_out, rejected, unknown)
 
 
-def read_published_alarms(settings: NormalizerSettings, serde: AvroSerde, timeout_s: float = 60.0) -> Iterator[dict]:
-    """Every AlarmState on line.alarms.v1 from the beginning to its true end (`read_topic`: not bounded by a high
-    watermark alone, which Tansu reports short), in order per partition (alarms are keyed by line, so one line's
-    alarms are in order). Undecodable records are skipped with a log line."""
-    for record in read_topic(settings, ALARMS, serde=serde, timeout_s=timeout_s):
-        yield record.value
-
-
 def build_app(health: Health, api: AssetGraphApi) -> web.Application:
     app = create_app(health)
     api.add_routes(app)
@@ -147,11 +141,16 @@ def build(rt: Runtime[NormalizerSettings]) -> Service:
     normalizer = Normalizer(plant, stale_after_ms=int(settings.stale_after_s * 1000),
                             max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
                             max_clock_rate=settings.max_clock_rate)
-    pipeline = Pipeline(normalizer, settings.service_name, lake=settings.lake_enabled)
+    try:
+        alarm_partitions = ensure_changelog(settings)
+    except (KafkaException, ValueError) as exc:
+        raise StartupError(f"alarm changelog: {exc}") from exc
+    changelog = AlarmChangelog(settings, normalizer.alarms, rt.producer(), alarm_partitions)
+    pipeline = Pipeline(normalizer, settings.service_name, lake=settings.lake_enabled, changelog=changelog)
     sink: LakeWriter | None = None
     if settings.lake_enabled:
         store = open_store(settings.lake_url, settings.lake_dir, settings.lake_endpoint_url, settings.lake_region)
-        if isinstance(store, S3Store):
+        if isinstance(store, S3Store) and not rt.check_only:  # check mode (--check-config) reaches no bucket
             try:
                 store.check()
             except Exception as exc:  # noqa: BLE001 - any S3 failure at start-up is a configuration problem
@@ -163,21 +162,14 @@ def build(rt: Runtime[NormalizerSettings]) -> Service:
                           background=settings.lake_background)
     # Bad input is what the mapping rejects (NormalizeError, unit and alarm-action errors: all ValueErrors);
     # anything else from the handler is a bug that stops the service rather than dead-lettering every record.
-    loop = rt.consumer_loop(settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink,
+    # The alarm state is restored per assignment (the changelog partitions of the assigned raw.alarms.v1
+    # partitions, before any of their records) and dropped on revoke: `state=changelog`.
+    loop = rt.consumer_loop(settings.group_id, INPUT_TOPICS, pipeline.handle, sink=sink, state=changelog,
                             batch_size=settings.batch_size, dead_letter_on=(ValueError,))
     api = AssetGraphApi(normalizer, token=settings.normalizer_api_token, lake=sink.store if sink else None)
 
     def restore() -> None:
-        # State first (readiness waits for it): the alarm state this service published before it stopped.
-        rt.health.set_ready(False, "restoring alarm state from line.alarms.v1")
-        started = time.monotonic()
-        try:
-            restored = normalizer.alarms.restore(read_published_alarms(settings, loop.serde))  # type: ignore[arg-type]
-        except (KafkaException, TimeoutError) as exc:
-            event(log, "alarm_state_not_restored", level=logging.WARNING, error=str(exc))
-            restored = 0
-        event(log, "alarm_state_restored", records=restored, active=normalizer.alarms.active_count(),
-              seconds=round(time.monotonic() - started, 3))
+        # The alarm state is restored on each partition assignment (AlarmChangelog.on_assign), not here.
         event(log, "normalizer_started", http_port=rt.port, plant=plant.source,
               lake=sink.store.describe() if sink else None)
 
