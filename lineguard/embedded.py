@@ -46,7 +46,8 @@ SERVICE_PORTS: dict[str, int] = {
 }
 SIMULATOR_PORT = 8090
 # Consumer services that `up --workers N` runs N processes of, in one consumer group (as Kubernetes replicas).
-# Ingest stays one: it holds the MQTT session. Worker i (from 0) serves HTTP on its port + WORKER_PORT_STEP * i.
+# Ingest stays one: it holds the MQTT session; the actuator stays one: it is the single writer to the line
+# controller (services/actuator/README.md). Worker i (from 0) serves HTTP on its port + WORKER_PORT_STEP * i.
 SCALABLE_SERVICES = ("normalizer", "advisor")
 WORKER_PORT_STEP = 100
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
