@@ -1,8 +1,11 @@
 """Health and metrics over HTTP (aiohttp): `/livez`, `/readyz`, `/metrics`.
 
 - `/livez` is 200 while the service's loop made progress within `liveness_timeout_s` (never broker reachability:
-  a broker outage must not restart every pod).
-- `/readyz` is 200 once partitions are assigned and state is recovered (the service says so with `set_ready`).
+  a broker outage must not restart every pod). While state is restored (`Health.restoring`: a changelog, a
+  ledger) it follows the restore instead: 200 while records are read or partitions finish, 503 once the restore
+  made no progress for `restore_stall_timeout_s` (stuck), however long a restore that moves takes.
+- `/readyz` is 200 once partitions are assigned and state is recovered (the service says so with `set_ready`);
+  503 during a restore, with its progress (records read, partitions done) in the body.
 - `/metrics` is the Prometheus text exposition: on the service's port by default, or alone on a port of its own
   (`LINEGUARD_METRICS_PORT`, see `create_metrics_app`) so a NetworkPolicy can open metrics to Prometheus without
   opening the API.
@@ -13,22 +16,94 @@ Each service owns one port; it adds its own API routes to the same aiohttp appli
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from lineguard.logs import event, get_logger
+
+log = get_logger("lineguard.health")
+
+
+class Restore:
+    """Progress of one state restore. Readers report cumulative counts per source (`update`): `read_topic`
+    does it by itself for the restore current on its thread (`current_restore`)."""
+
+    def __init__(self, what: str, log_every_s: float = 5.0) -> None:
+        self.what = what
+        self.log_every_s = log_every_s
+        self.started = time.monotonic()
+        self.last_progress = self.started
+        self._sources: dict[str, tuple[int, int, int]] = {}
+        self._logged = self.started
+        self._lock = threading.Lock()
+
+    def update(self, source: str, records: int, partitions_done: int = 0, partitions_total: int = 0) -> None:
+        """`source` (a topic) has read `records` and finished `partitions_done` of `partitions_total` so far."""
+        now = time.monotonic()
+        with self._lock:
+            before = self._sources.get(source, (0, 0, 0))
+            self._sources[source] = (records, partitions_done, partitions_total)
+            if records > before[0] or partitions_done > before[1]:
+                self.last_progress = now
+            due = now - self._logged >= self.log_every_s
+            if due:
+                self._logged = now
+        if due:
+            event(log, "restore_progress", **self.progress())
+
+    def progress(self) -> dict:
+        with self._lock:
+            sources = list(self._sources.values())
+        now = time.monotonic()
+        return {"what": self.what, "records_read": sum(s[0] for s in sources),
+                "partitions_done": sum(s[1] for s in sources), "partitions_total": sum(s[2] for s in sources),
+                "seconds": round(now - self.started, 1),
+                "seconds_since_progress": round(now - self.last_progress, 1)}
+
+
+_current_restore: contextvars.ContextVar[Restore | None] = contextvars.ContextVar("restore", default=None)
+
+
+def current_restore() -> Restore | None:
+    """The restore running on this thread (or task), if any: readers report their progress to it."""
+    return _current_restore.get()
+
 
 class Health:
-    def __init__(self, service: str, liveness_timeout_s: float = 60.0) -> None:
+    def __init__(self, service: str, liveness_timeout_s: float = 60.0, restore_stall_timeout_s: float = 120.0) -> None:
         self.service = service
         self.liveness_timeout_s = liveness_timeout_s
+        self.restore_stall_timeout_s = restore_stall_timeout_s
         self._last_progress = time.monotonic()
         self._ready = False
         self._why_not_ready = "starting"
+        self._restores: list[Restore] = []
         self.started_at = time.time()
+
+    @contextlib.contextmanager
+    def restoring(self, what: str) -> Iterator[Restore]:
+        """Mark a state restore: liveness follows its progress, readiness is off and shows it. Readers on this
+        thread (`read_topic`) report to it; others call `restore.update` themselves."""
+        restore = Restore(what)
+        self._restores.append(restore)
+        token = _current_restore.set(restore)
+        event(log, "restore_started", what=what)
+        try:
+            yield restore
+        finally:
+            _current_restore.reset(token)
+            self._restores.remove(restore)
+            self.beat()  # the loop's clock starts again now, not where it stopped when the restore began
+            event(log, "restore_finished", **restore.progress())
+
+    def restores(self) -> list[dict]:
+        return [r.progress() for r in list(self._restores)]
 
     def beat(self) -> None:
         """Record that the loop made progress (called on every loop iteration, idle or not)."""
@@ -46,17 +121,26 @@ class Health:
         return time.monotonic() - self._last_progress
 
     def alive(self) -> bool:
+        restores = list(self._restores)
+        if restores:  # a restore blocks the loop: alive while it moves, however long it takes
+            now = time.monotonic()
+            return all(now - r.last_progress < self.restore_stall_timeout_s for r in restores)
         return self.seconds_since_progress() < self.liveness_timeout_s
 
     def status(self) -> dict:
-        return {
+        restores = self.restores()
+        status = {
             "service": self.service,
             "alive": self.alive(),
-            "ready": self._ready,
-            "why_not_ready": self._why_not_ready or None,
+            "ready": self._ready and not restores,
+            "why_not_ready": ("restoring " + ", ".join(r["what"] for r in restores)) if restores
+            else (self._why_not_ready or None),
             "seconds_since_progress": round(self.seconds_since_progress(), 3),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+        if restores:
+            status["restore"] = restores
+        return status
 
 
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
@@ -80,7 +164,7 @@ def create_app(health: Health, client_max_size: int = 1024**2, metrics: bool = T
         return web.json_response(status, status=200 if status["alive"] else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        status = health.status()
+        status = health.status()  # during a restore: its progress (records read, partitions done)
         return web.json_response(status, status=200 if status["ready"] else 503)
 
     app.router.add_get("/livez", livez)

@@ -140,6 +140,8 @@ class Settings:
         None, help="Serve /metrics alone on this port (and not on the HTTP port); unset = on the HTTP port.")
     log_level: str = env_field("INFO", help="DEBUG, INFO, WARNING or ERROR.")
     liveness_timeout_s: float = env_field(60.0, help="/livez fails when the loop made no progress for this long.")
+    restore_stall_timeout_s: float = env_field(
+        120.0, help="During a state restore /livez fails only when the restore read nothing for this long.")
     instance_id: str = env_field(socket.gethostname(), help="This instance (pod name); used in ids and headers.")
 
     @classmethod

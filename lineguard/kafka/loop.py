@@ -118,7 +118,8 @@ class ConsumerLoop:
         if self.serde is None:
             self.serde = self.producer.serde
         if self.health is None:
-            self.health = Health(self.settings.service_name, self.settings.liveness_timeout_s)
+            self.health = Health(self.settings.service_name, self.settings.liveness_timeout_s,
+                                 self.settings.restore_stall_timeout_s)
         self._stopping = threading.Event()
         self.failure: str | None = None  # why the loop stopped by itself (None: it was asked to stop)
         self._pending: deque[_Batch] = deque()
@@ -181,10 +182,13 @@ class ConsumerLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.offsets.assign((p.topic, p.partition) for p in partitions)
-        for participant in self._participants:
-            hook = getattr(participant, "on_assign", None)
-            if hook is not None:
-                hook(self._logical(partitions))
+        # A participant restoring its partitions' state (a changelog) blocks the loop: liveness follows the
+        # restore's progress meanwhile, so a slow restore that moves is not killed, a stuck one is.
+        hooks = [h for h in (getattr(p, "on_assign", None) for p in self._participants) if h is not None]
+        if hooks:
+            with self.health.restoring(f"{self.group_id} partitions {sorted(p.partition for p in partitions)}"):
+                for hook in hooks:
+                    hook(self._logical(partitions))
         self.health.set_ready(True)
         event(log, "partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
@@ -362,7 +366,7 @@ class ConsumerLoop:
                             value = encode(out.topic, value)
                         key = out.key
                         produce_encoded(prefix + out.topic, key.encode() if isinstance(key, str) else key, value,
-                                        out_headers, on_delivery, out.partition)
+                                        out_headers, on_delivery)
                         batch.outstanding += 1  # after produce(): only a queued record gets a report
                         produced[out.topic] = produced.get(out.topic, 0) + 1
             except dead_letter_types as exc:  # bad input, as the service declared: this record only
