@@ -101,6 +101,8 @@ class Service:
     restore: blocking state recovery run on a worker thread before the loop starts; readiness waits for it.
     on_stop: sync or async clean-up, after the loop, the tasks and the HTTP server have stopped.
     ready: for a service without a loop, (ready, why not) polled five times a second; default: ready.
+    describe: fields added to the `config_checked` line of check mode (`--check-config`), e.g. the security
+        of a Kafka client that does not come from `lineguard.kafka.clients`.
     """
 
     routes: Callable[[web.Application], Any] | None = None
@@ -111,6 +113,7 @@ class Service:
     ready: Callable[[], tuple[bool, str]] | None = None
     client_max_size: int = 1024**2
     stop_timeout_s: float = 10.0
+    describe: Callable[[], dict[str, Any]] | None = None  # more for check mode's summary (lineguard.check_config)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Runtime(Generic[S]):
     settings: S
     health: Health = None  # type: ignore[assignment]
     port: int | None = None  # the bound HTTP port, once serving
+    check_only: bool = False  # check mode (--check-config): build everything, reach nothing (no broker, no S3)
     metrics_port: int | None = None  # the bound metrics port (the HTTP port unless LINEGUARD_METRICS_PORT is set)
     _producers: list[Any] = field(default_factory=list)
     _stopping: asyncio.Event | None = None
@@ -162,7 +166,14 @@ class Runtime(Generic[S]):
 def run_service(settings_cls: type[S], build: Callable[[Runtime[S]], Service | Awaitable[Service]],
                 settings: S | None = None) -> NoReturn:
     """Start the service described by `build` and exit with its exit code (see the module docs)."""
+    from lineguard import check_config
+
+    checking = check_config.check_requested()  # --check-config: build, summarise, exit (no port, no loop)
+    if checking:
+        check_config.enable()
     settings = settings if settings is not None else start_service(settings_cls)
+    if checking:
+        raise SystemExit(asyncio.run(check_config.check(Runtime(settings, check_only=True), build)))
     raise SystemExit(asyncio.run(_main(Runtime(settings), build)))
 
 

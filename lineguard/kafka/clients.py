@@ -43,7 +43,29 @@ def client_security(settings: Settings) -> dict[str, Any]:
         conf.setdefault("security.protocol", "SASL_SSL")
         conf["sasl.mechanism"] = "OAUTHBEARER"
         conf["oauth_cb"] = msk_iam_token_callback(settings.kafka_msk_iam_region)
+        if check_mode_clients is not None:  # the signer is installed (imported above); sign nothing
+            conf["oauth_cb"] = _check_mode_token
     return conf
+
+
+# Check mode (`python -m services.<name> --check-config`, lineguard.check_config): clients are built, never used.
+# While this is a list, each client built is described in it, and the MSK IAM token callback is a placeholder:
+# confluent-kafka calls the callback inside the constructor, and signing would reach for AWS credentials.
+check_mode_clients: list[dict[str, Any]] | None = None
+
+
+def _check_mode_token(_config: str) -> tuple[str, float]:
+    return "lineguard-check-config", time.time() + 300.0
+
+
+def _construct(kind: str, cls: Any, conf: dict[str, Any]) -> Any:
+    if check_mode_clients is not None:
+        check_mode_clients.append({
+            "kind": kind, "client_id": conf.get("client.id"),
+            "security_protocol": conf.get("security.protocol", "PLAINTEXT"),
+            "sasl_mechanism": conf.get("sasl.mechanism"), "ssl_ca_location": conf.get("ssl.ca.location"),
+            "msk_iam": "oauth_cb" in conf or None})
+    return cls(conf)
 
 
 def msk_iam_token_callback(region: str) -> Callable[[str], tuple[str, float]]:
@@ -102,27 +124,27 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
 
 def new_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     """A consumer with the loop's defaults; `overrides` are librdkafka settings (e.g. enable.auto.commit=False)."""
-    return Consumer(consumer_config(settings, group_id, **overrides))
+    return _construct("consumer", Consumer, consumer_config(settings, group_id, **overrides))
 
 
 def new_producer(settings: Settings, **overrides: Any) -> RdProducer:
     """The raw librdkafka producer; services produce through `lineguard.kafka.Producer`, which builds one here."""
-    return RdProducer(producer_config(settings, **overrides))
+    return _construct("producer", RdProducer, producer_config(settings, **overrides))
 
 
 def new_admin(settings: Settings, **overrides: Any) -> AdminClient:
-    return AdminClient({**_base(settings, "-admin"), **overrides})
+    return _construct("admin", AdminClient, {**_base(settings, "-admin"), **overrides})
 
 
 def admin_from_config(conf: dict[str, Any]) -> AdminClient:
     """An admin client from a plain configuration, for tools that know a bootstrap address but no settings
     (`lineguard.catalog.admin_client`, the embedded launcher's broker wait). Prefer `new_admin(settings)`."""
-    return AdminClient(conf)
+    return _construct("admin", AdminClient, conf)
 
 
 def producer_from_config(conf: dict[str, Any]) -> RdProducer:
     """A raw producer from a complete configuration (`lineguard.kafka.Producer` replacing a fenced one)."""
-    return RdProducer(conf)
+    return _construct("producer", RdProducer, conf)
 
 
 # --- read a topic to its end ----------------------------------------------------------------------------------

@@ -366,7 +366,7 @@ class ConsumerLoop:
                             value = encode(out.topic, value)
                         key = out.key
                         produce_encoded(prefix + out.topic, key.encode() if isinstance(key, str) else key, value,
-                                        out_headers, on_delivery)
+                                        out_headers, on_delivery, out.partition)
                         batch.outstanding += 1  # after produce(): only a queued record gets a report
                         produced[out.topic] = produced.get(out.topic, 0) + 1
             except dead_letter_types as exc:  # bad input, as the service declared: this record only
