@@ -139,6 +139,12 @@ def _line_scenarios(args: argparse.Namespace, line_ids: list[str]) -> dict[str, 
     return chosen
 
 
+def camera_station(line: Any) -> str | None:
+    """The machine of `line` that a camera watches (the plant model's `inspects: true`; generated lines copy the
+    reference line's), or None for a line without one."""
+    return next((machine.id for machine in line.machines.values() if machine.inspects), None)
+
+
 async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_name: str, index: int,
                       token: str) -> tuple[Any, Any, list[Any], Any]:
     """One line's simulation, control API and emitters: (runner, API runner, closers, ground truth log)."""
@@ -188,9 +194,11 @@ async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_
         emitters.append(SftpEmitter(args.sftp_dir, args.sftp_host, port, {args.sftp_user: password},
                                     args.sftp_authorized_keys, args.sftp_host_key))
     closers: list[Any] = []
-    if args.camera_url and first:  # images for line1 only: a camera per line would swamp one vision worker
+    station = camera_station(line)
+    if args.camera_url and station is not None:  # every line whose plant model has a camera
         # the camera's bearer token comes from the environment only (a secret; not on the command line)
-        made = camera_hook(args.camera_url, sim, args.camera_size, os.environ.get("LINEGUARD_SIM_CAMERA_TOKEN"))
+        made = camera_hook(args.camera_url, sim, args.camera_size, os.environ.get("LINEGUARD_SIM_CAMERA_TOKEN"),
+                           station=station)
         if made:
             hook, camera_closer = made
             emitters.append(CookieHooks([hook]))

@@ -72,8 +72,9 @@ class CookieHooks:
 
 
 def camera_hook(intake_url: str, sim: CookieLine, size: int = 256,
-                token: str | None = None) -> tuple[CookieHook, object] | None:
-    """A hook that renders and posts each detected cookie's image, when the camera module is available."""
+                token: str | None = None, station: str = "detector") -> tuple[CookieHook, object] | None:
+    """A hook that renders and posts each detected cookie's image, when the camera module is available;
+    `station`: the plant model's inspecting machine the images come from."""
     try:
         from simulator.camera import CameraEmitter  # written alongside; optional until it exists
     except ImportError as exc:
@@ -82,7 +83,7 @@ def camera_hook(intake_url: str, sim: CookieLine, size: int = 256,
     camera = CameraEmitter(intake_url, rng=sim.camera_rng, size=size, token=token)
 
     async def emit(line: CookieLine, cookie: Cookie) -> None:
-        await camera.emit(line.line.id, "detector", cookie.item_id, line.clock.iso(), cookie.defects)
+        await camera.emit(line.line.id, station, cookie.item_id, line.clock.iso(), cookie.defects)
 
     return emit, camera
 

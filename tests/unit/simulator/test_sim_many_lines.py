@@ -62,3 +62,14 @@ def test_scenario_applies_to_line1_and_per_line_overrides():
     bad = argparse.Namespace(line=None, scenario="normal_run", line_scenario=["line9=normal_run"])
     with pytest.raises(ValueError, match="line9"):
         _line_scenarios(bad, ["line1", "line2"])
+
+
+def test_every_generated_line_has_the_reference_lines_camera(tmp_path):
+    from simulator.cli import camera_station
+
+    plant = load_plant_lines(default_plant_path(), 3)
+    assert [camera_station(line) for line in plant.lines.values()] == ["detector"] * 3
+    # a line whose plant model has no inspecting machine gets no camera
+    text = default_plant_path().read_text().replace("inspects: true", "inspects: false")
+    (tmp_path / "plant.yaml").write_text(text)
+    assert camera_station(next(iter(load_plant(tmp_path / "plant.yaml").lines.values()))) is None
