@@ -10,6 +10,11 @@ and Kubernetes replicas do). The rate is measured once every worker is
 ready (partitions assigned, state restored) until the backlog is consumed: records/s in all and per worker. For
 the advisor, recommendation latency p95 (window close or trigger to recommendation acknowledged; the
 analysis-only model) from its histogram. The machine's core count is printed: workers beyond the cores share them.
+
+Wall-clock rates are only as steady as the machine is quiet. The CPU-time view does not depend on it: the CPU
+seconds the worker processes used while the backlog was consumed (user + system, from /proc/<pid>/stat) give
+records per CPU-second; if that stays flat from 1 to 2 workers, adding a worker adds its core's worth of
+throughput (near-linear scaling) whenever there is a free core, even when this run shared the machine.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "normalizer"))
 
+import metrics_text  # noqa: E402 - tests/support: the one /metrics parser
+
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
 from lineguard.embedded import free_port, tansu_command  # noqa: E402
 from lineguard.kafka import Producer  # noqa: E402
@@ -40,22 +47,28 @@ from lineguard.plant import default_plant_path, load_plant, write_plant_lines  #
 from lineguard.settings import Settings  # noqa: E402
 
 PARTITIONS = 12
-SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
 ADVISOR_TOPICS = {"observations": "line.observations.v1", "alarms": "line.alarms.v1",
                   "inspections": "line.inspections.v1"}
 
 
 def scrape(port: int) -> dict[str, dict[str, float]]:
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
-    except OSError:
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    for line in body.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            out.setdefault(match["name"], {})[match["labels"] or ""] = float(match["value"])
-    return out
+    return metrics_text.scrape(port, timeout=3, missing_ok=True)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes `pids` so far (all their threads; /proc/<pid>/stat fields 14
+    and 15). A process already gone counts 0: measure while they run."""
+    used = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 counting pid and comm)
+    return used / _TICKS
 
 
 def ready(port: int) -> bool:
@@ -154,17 +167,19 @@ def run_workers(service: str, workers: int, settings: Settings, plant_file: Path
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"{service} x{workers}: the workers did not become ready")
             time.sleep(0.2)
-        start, (count0, _) = time.perf_counter(), consumed()
+        pids = [p.pid for p in procs]
+        start, cpu0, (count0, _) = time.perf_counter(), cpu_seconds(pids), consumed()
         count, each = count0, []
         while count < expected and time.monotonic() < deadline:
             time.sleep(0.25)
             count, each = consumed()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu0
         if count0 >= expected * 0.8:
             raise RuntimeError(f"{service} x{workers}: the backlog was consumed before every worker was ready; "
                                "raise --records")
         result = {"rate": (count - count0) / elapsed, "consumed_before_ready": count0,
-                  "busiest_share": max(each) / max(sum(each), 1)}
+                  "busiest_share": max(each) / max(sum(each), 1), "cpu_s": cpu,
+                  "per_cpu_s": (count - count0) / max(cpu, 1e-9)}
         if service == "advisor":
             def latency_buckets() -> dict[str, float]:
                 buckets: dict[str, float] = {}
@@ -213,14 +228,14 @@ def main() -> int:
     print(f"cores: {os.cpu_count()} (load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}); "
           f"{PARTITIONS} partitions per topic; backlog {args.records} records per service and plant size")
     print(f"{'service':<11}{'lines':>6}{'workers':>8}{'records/s':>11}{'per worker':>11}{'x1 worker':>10}"
-          f"{'p95 s':>8}{'evals':>7}")
+          f"{'p95 s':>8}{'evals':>7}{'cpu s':>8}{'rec/cpu-s':>11}{'x1 cpu':>8}")
     try:
         bootstrap = f"127.0.0.1:{port}"
         wait_for_broker(bootstrap, timeout=30)
         for service in args.services:
             for lines in args.lines:
                 plant_file = write_plant_lines(default_plant_path(), lines, workdir / f"plant-{lines}.yaml")
-                single = None
+                single = single_cpu = None
                 for workers in args.workers:
                     # A fresh prefix per run: the same backlog, and no recommendation id already published.
                     prefix = f"b{uuid.uuid4().hex[:6]}."
@@ -237,11 +252,16 @@ def main() -> int:
                         print(f"{service:<11}{lines:>6}{workers:>8}  skipped: {exc}")
                         continue
                     single = single or (result["rate"] if workers == 1 else None)
+                    single_cpu = single_cpu or (result["per_cpu_s"] if workers == 1 else None)
                     speedup = f"{result['rate'] / single:.2f}" if single else "-"
+                    # records per CPU-second relative to one worker: 1.00 = a worker added costs no extra CPU
+                    # per record, so it adds a core's worth of throughput wherever a core is free
+                    efficiency = f"{result['per_cpu_s'] / single_cpu:.2f}" if single_cpu else "-"
                     p95 = f"{result['p95_s']:.2f}" if "p95_s" in result else "-"
                     evaluations = f"{result['evaluations']:.0f}" if "evaluations" in result else "-"
                     print(f"{service:<11}{lines:>6}{workers:>8}{result['rate']:>11,.0f}"
-                          f"{result['rate'] / workers:>11,.0f}{speedup:>10}{p95:>8}{evaluations:>7}", flush=True)
+                          f"{result['rate'] / workers:>11,.0f}{speedup:>10}{p95:>8}{evaluations:>7}"
+                          f"{result['cpu_s']:>8.1f}{result['per_cpu_s']:>11,.0f}{efficiency:>8}", flush=True)
     finally:
         broker.terminate()
         broker.wait(10)

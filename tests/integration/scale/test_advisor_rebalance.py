@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from metrics_text import by_partition, scrape
 from polling import wait_for
 from scenario_driver import RUN_START_MS, UnifiedRecord, run_scenario
 
@@ -41,7 +40,6 @@ LINES = 12
 PARTITIONS = 3  # the catalog's line topics (and so the changelog)
 TOPIC_BY_KIND = {"observations": "line.observations.v1", "alarms": "line.alarms.v1",
                  "inspections": "line.inspections.v1"}
-SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
 
 
 def for_line(records: list[UnifiedRecord], line: str) -> list[UnifiedRecord]:
@@ -53,17 +51,7 @@ def for_line(records: list[UnifiedRecord], line: str) -> list[UnifiedRecord]:
 
 def metrics(port: int) -> dict[str, dict[str, float]]:
     """name -> {labels: value} from a worker's /metrics."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, dict[str, float]] = {}
-    for line in body.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            out.setdefault(match["name"], {})[match["labels"] or ""] = float(match["value"])
-    return out
-
-
-def by_partition(samples: dict[str, float]) -> dict[int, float]:
-    return {int(re.search(r'partition="(\d+)"', k)[1]): v for k, v in samples.items() if 'partition="' in k}
+    return scrape(port)
 
 
 def owned(port: int) -> set[int]:
