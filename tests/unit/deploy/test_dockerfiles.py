@@ -77,9 +77,11 @@ def test_the_image_matches_its_pod_and_copies_what_exists(name: str) -> None:
     text = dockerfile(name)
     manifest = next(d for d in rendered("base") if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
-    (port,) = [p["containerPort"] for p in container["ports"]]
-    assert re.findall(r"^EXPOSE (\d+)$", text, re.MULTILINE) == [str(port)], name
-    assert f"LINEGUARD_HTTP_PORT={port}" in text, name
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)
+    assert sorted(map(int, exposed.split())) == sorted(ports.values()), name
+    assert f"LINEGUARD_HTTP_PORT={ports['http']}" in text, name
+    assert f"LINEGUARD_METRICS_PORT={ports['metrics']}" in text, name
     assert re.search(r"^USER 10001$", text, re.MULTILINE), name
     assert container["command"] == ["python", "-m", f"services.{name}"]
     for label in OCI_LABELS:
@@ -90,6 +92,17 @@ def test_the_image_matches_its_pod_and_copies_what_exists(name: str) -> None:
         for source in line.split()[:-1]:
             if not source.endswith("*"):
                 assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
+
+
+def test_every_image_starts_from_a_base_pinned_by_digest() -> None:
+    files = sorted((ROOT / "services").glob("*/Dockerfile"))
+    assert {p.parent.name for p in files} >= set(SERVICES)
+    for path in files:
+        text = path.read_text()
+        (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+        assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base), f"{path}: {base} is not pinned by digest"
+        assert "docker buildx imagetools inspect" in text, f"{path}: say how to refresh the digest"
+        assert set(re.findall(r"^FROM (\S+)", text, re.MULTILINE)) == {"${PYTHON_IMAGE}"}, path
 
 
 def test_the_build_context_leaves_out_local_state() -> None:
@@ -108,7 +121,7 @@ def test_hadolint(name: str) -> None:
 
 
 # Kinds from operators' CRDs (Strimzi, KEDA, Prometheus Operator): kubernetes-validate ships the core schemas only,
-# and the CRD schemas cannot be fetched here; their shape is checked by the tests in test_k8s_*.py instead.
+# and the CRD schemas cannot be fetched here; test_k8s_crds.py validates them against vendored CRD schemas.
 CRD_KINDS = {"KafkaTopic", "KafkaUser", "ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 
 
