@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= embedded,registry,sim,ingest,vision,lake,advisor,llm,aws,console,notifier,trainer,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: run test lint bench run-deps system-deps clean
+.PHONY: run test lint bench screenshots run-deps system-deps clean
 
 # The AsyncAPI parser that validates docs/asyncapi.yaml in the tests (npm, versions pinned by the lock file).
 ASYNCAPI_DEPS := deploy/asyncapi/node_modules/.installed
@@ -61,6 +61,10 @@ test: $(STAMP) system-deps $(ASYNCAPI_DEPS)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The README's console screenshots: the browser tests, writing into docs/ (a plain test run writes var/screenshots/).
+screenshots: $(STAMP) system-deps
+	LINEGUARD_SCREENSHOTS_DIR=$(CURDIR)/docs $(PY) -m pytest -q -p no:cacheprovider tests/integration/console/test_console_browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,7 +27,10 @@ from lineguard.embedded import Child, Supervisor, free_port
 from lineguard.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-DOCS = ROOT / "docs"
+# The README's screenshots are refreshed on purpose (`make screenshots` sets this to docs/); an ordinary test run
+# writes them under var/ so it never leaves the working tree changed.
+DOCS = Path(os.environ.get("LINEGUARD_SCREENSHOTS_DIR") or ROOT / "var" / "screenshots")
+DOCS.mkdir(parents=True, exist_ok=True)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CONTROL_TOKEN = "console-test-control"
 CHAT_TOKEN = "console-test-chat"

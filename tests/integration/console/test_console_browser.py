@@ -8,6 +8,7 @@ Every wait is on a condition in the page or on the line; screenshots go to docs/
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -114,8 +115,6 @@ def test_a_recommendation_appears_in_the_feed_and_its_markup_is_text(page, publi
     assert page.inner_text("#sop-title").startswith("SOP-OVEN-001")
     assert page.inner_text("#sop-text").strip()
     page.click("#sop-dialog .close")
-    page.locator(f"article.rec[data-rec-id='{published['id']}']").scroll_into_view_if_needed()
-    page.screenshot(path=str(DOCS / "console-feed.png"))
 
 
 def test_a_vote_lands_on_feedback_once(line: Line, page, published: dict) -> None:
@@ -175,6 +174,30 @@ def test_approving_a_pending_action_changes_the_setpoint(line: Line, page, publi
         pytest.fail(f"no approval recorded; the feed shows: {page.inner_text('#feed')[:1500]}")
     assert wait_for(lambda: setpoint() == 180.0, timeout=20), f"zone 2 setpoint still {setpoint()}"
     page.wait_for_selector("#actions:has-text('Nothing is waiting for you.')")
+
+
+def test_a_new_recommendation_with_its_pending_action_as_an_operator_sees_it(line: Line, page) -> None:
+    """The README's feed screenshot: a card and its waiting action without the markup-escaping test text (the
+    action of the test above is decided, so this one is the only one waiting)."""
+    line.need("actuator")
+    # zone 3: the policy's cooldown keeps zone 2, changed by the test above, from another change for a while
+    text = json.dumps(recommendation()).replace(f" {XSS}", "").replace("180", "170")
+    plain = json.loads(text.replace("zone 2", "zone 3").replace("zone2", "zone3").replace("Zone 2", "Zone 3"))
+    producer = Producer(line.settings)
+    producer.produce("recommendations.v1", plain["line_id"], plain)
+    assert producer.flush(30) == 0
+    producer.close()
+    card = page.wait_for_selector(f"article.rec[data-rec-id='{plain['id']}']")
+    page.wait_for_selector("#actions .action[data-action-id]")
+    assert page.locator("#actions .action[data-action-id]").count() == 1
+    assert "<script>" not in card.inner_text() and "<script>" not in page.inner_text("#actions")
+    page.locator("#actions").scroll_into_view_if_needed()
+    top = page.locator("#actions").bounding_box()
+    bottom = card.bounding_box()
+    assert top is not None and bottom is not None
+    y = max(0.0, top["y"] - 40)
+    page.screenshot(path=str(DOCS / "console-feed.png"),
+                    clip={"x": 0, "y": y, "width": 1440, "height": min(960.0, bottom["y"] + bottom["height"] + 10) - y})
 
 
 def test_a_spoken_question_is_transcribed_answered_and_spoken(page) -> None:
