@@ -49,10 +49,12 @@ def enable() -> None:
 
 async def check(rt: Runtime[Any], build: Callable[[Runtime[Any]], Service | Awaitable[Service]]) -> int:
     """Build the service, log what was built, close it; the exit code (0, or 2 with the error)."""
+    from lineguard.avro import AvroSerde
     from lineguard.health import create_app
     from lineguard.kafka import clients
     from lineguard.service import EXIT_CONFIG, EXIT_OK, StartupError, _close_producers
 
+    existing = [o for o in gc.get_objects() if isinstance(o, AvroSerde)]  # kept alive: their ids stay theirs
     service = None
     try:
         service = build(rt)
@@ -61,7 +63,11 @@ async def check(rt: Runtime[Any], build: Callable[[Runtime[Any]], Service | Awai
         app = create_app(rt.health, client_max_size=service.client_max_size)
         if service.routes is not None:
             service.routes(app)
-        summary = describe(rt, service, app, clients.check_mode_clients or [])
+        # Every serde the build made, wherever it keeps it (a loop, a producer, a service's own encoder): a
+        # one-off look through the collector's objects, cheap enough for a process that exits next.
+        known = {id(o) for o in existing}
+        serdes = [o for o in gc.get_objects() if isinstance(o, AvroSerde) and id(o) not in known]
+        summary = describe(rt, service, app, clients.check_mode_clients or [], serdes)
         extra = getattr(service, "describe", None)
         if extra is not None:
             summary.update(extra())
@@ -76,19 +82,17 @@ async def check(rt: Runtime[Any], build: Callable[[Runtime[Any]], Service | Awai
         loop = getattr(service, "loop", None)
         if loop is not None:
             loop.consumer.close()  # never subscribed: closes without a group to leave
+            if getattr(loop, "producer", None) is not None and loop.producer not in rt._producers:
+                loop.producer.close(1.0)  # nothing was produced: nothing to flush
         await _close_producers(rt)
     event(log, "config_checked", **summary)
     return EXIT_OK
 
 
-def describe(rt: Runtime[Any], service: Service, app: Any, built: list[dict[str, Any]]) -> dict[str, Any]:
+def describe(rt: Runtime[Any], service: Service, app: Any, built: list[dict[str, Any]],
+             serdes: list[Any]) -> dict[str, Any]:
     settings = rt.settings
-    from lineguard.avro import AvroSerde
-
     loop = service.loop
-    # Every serde the build made, wherever it keeps it (a loop, a producer, a service's own encoder): a one-off
-    # look through the collector's objects, cheap enough for a process that exits next.
-    serdes = [obj for obj in gc.get_objects() if isinstance(obj, AvroSerde)]
     kafka: dict[str, Any] = {"bootstrap": settings.kafka_bootstrap, "clients": {}}
     for client in built:
         kafka["clients"][client["kind"]] = kafka["clients"].get(client["kind"], 0) + 1

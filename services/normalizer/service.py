@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 
 from lineguard import telemetry
+from lineguard.catalog import load_catalog
 from lineguard.health import Health, create_app
 from lineguard.kafka import Output, Record
 from lineguard.logs import event, get_logger
@@ -142,7 +143,9 @@ def build(rt: Runtime[NormalizerSettings]) -> Service:
                             max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
                             max_clock_rate=settings.max_clock_rate)
     try:
-        alarm_partitions = ensure_changelog(settings)
+        # Check mode (--check-config) reaches no broker: the catalog's partition count stands in.
+        alarm_partitions = (load_catalog(settings.schemas_dir)[RAW_ALARMS].partitions if rt.check_only
+                            else ensure_changelog(settings))
     except (KafkaException, ValueError) as exc:
         raise StartupError(f"alarm changelog: {exc}") from exc
     changelog = AlarmChangelog(settings, normalizer.alarms, rt.producer(), alarm_partitions)

@@ -685,6 +685,7 @@ async def build(rt: Runtime[NotifierSettings]) -> Service:
         return {"kafka": {"bootstrap": settings.kafka_bootstrap, "clients": {"faust": 1},
                           "security_protocol": getattr(protocol, "value", "PLAINTEXT"),
                           "sasl_mechanism": getattr(mechanism, "value", None),
+                          "ssl_ca_location": settings.kafka_security.get("ssl.ca.location"),
                           "msk_iam": isinstance(getattr(creds, "oauth_cb", None), MskIamTokenProvider) or None}}
 
     return Service(routes=routes, tasks=[run], ready=notifier.ready, on_stop=notifier.close, stop_timeout_s=30.0,
