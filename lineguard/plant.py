@@ -302,20 +302,23 @@ class _Mapping(dict):
     line: int = 0
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line number of every mapping, for error messages."""
+class LineNumberLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line number of every mapping, for error messages (the plant model's, and
+    every other YAML file an operator writes: the actuation policy, the notification rules)."""
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+def _construct_mapping(loader: LineNumberLoader, node: yaml.MappingNode) -> _Mapping:
     mapping = _Mapping(loader.construct_mapping(node, deep=True))
     mapping.line = node.start_mark.line + 1
     return mapping
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+LineNumberLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-class _Checker:
+class YamlChecker:
+    """Typed reads from a mapping loaded with LineNumberLoader; a wrong or missing value fails with file:line."""
+
     def __init__(self, source: str) -> None:
         self.source = source
 
@@ -361,9 +364,9 @@ def load_plant(path: str | Path) -> PlantModel:
 
 
 def parse_plant(text: str, source: str = "<plant>") -> PlantModel:
-    check = _Checker(source)
+    check = YamlChecker(source)
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=LineNumberLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PlantModelError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
@@ -424,7 +427,7 @@ def parse_plant(text: str, source: str = "<plant>") -> PlantModel:
     return plant
 
 
-def _parse_machine(check: _Checker, raw: Any, mpath: str, line_id: str) -> Machine:
+def _parse_machine(check: YamlChecker, raw: Any, mpath: str, line_id: str) -> Machine:
     machine_id = check.get(raw, "id", mpath, str)
     machine = Machine(
         line_id=line_id,

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lineguard.plant import PlantModel, PlantModelError, _Checker, _LineLoader
+from lineguard.plant import LineNumberLoader, PlantModel, PlantModelError, YamlChecker
 
 MODES = ("auto", "approve", "deny")
 COMMANDS = ("start", "stop")
@@ -87,14 +87,14 @@ def parse_policy(text: str, plant: PlantModel, source: str = "<policy>") -> Poli
         raise PolicyError(str(exc)) from None
 
 
-def _unknown_keys(check: _Checker, node: dict, path: str, allowed: set[str]) -> None:
+def _unknown_keys(check: YamlChecker, node: dict, path: str, allowed: set[str]) -> None:
     unknown = sorted(set(node) - allowed)
     if unknown:
         raise check.fail(node, f"{path}.{unknown[0]}" if path else unknown[0],
                          f"unknown field (allowed: {', '.join(sorted(allowed))})")
 
 
-def _number(check: _Checker, node: dict, key: str, path: str, default: float) -> float:
+def _number(check: YamlChecker, node: dict, key: str, path: str, default: float) -> float:
     value = check.get(node, key, path, float, required=False, default=default)
     if not math.isfinite(value):
         raise check.fail(node, f"{path}.{key}", f"expected a finite number, got {value!r}")
@@ -102,9 +102,9 @@ def _number(check: _Checker, node: dict, key: str, path: str, default: float) ->
 
 
 def _parse(text: str, plant: PlantModel, source: str) -> Policy:
-    check = _Checker(source)
+    check = YamlChecker(source)
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=LineNumberLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
@@ -190,7 +190,7 @@ def _parse(text: str, plant: PlantModel, source: str) -> Policy:
                   source=source)
 
 
-def _pace(check: _Checker, raw: dict, path: str, default_timeout: float) -> tuple[float, int, float]:
+def _pace(check: YamlChecker, raw: dict, path: str, default_timeout: float) -> tuple[float, int, float]:
     cooldown = _number(check, raw, "cooldown_s", path, DEFAULT_COOLDOWN_S)
     if cooldown < 0:
         raise check.fail(raw, f"{path}.cooldown_s", f"expected >= 0, got {cooldown}")

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from lineguard.plant import PlantModelError, _Checker, _LineLoader
+from lineguard.plant import LineNumberLoader, PlantModelError, YamlChecker
 
 SEVERITIES = ("critical", "major", "minor", "warning", "info", "indeterminate")
 RANK = {"critical": 5, "major": 4, "minor": 3, "warning": 2, "info": 1, "indeterminate": 1}
@@ -187,7 +187,7 @@ class Rules:
 # --- loading ---------------------------------------------------------------------------------------------------
 
 
-class _RulesChecker(_Checker):
+class _RulesChecker(YamlChecker):
     def fail(self, node: Any, path: str, why: str) -> RulesError:  # type: ignore[override]
         line = getattr(node, "line", 0)
         where = f"{self.source}:{line}" if line else self.source
@@ -241,7 +241,7 @@ def load_rules(path: str | Path) -> Rules:
 
 def parse_rules(text: str, source: str = "notify-rules.yaml") -> Rules:
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=LineNumberLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise RulesError(f"{source}: not valid YAML: {exc}") from None
     c = _RulesChecker(source)
