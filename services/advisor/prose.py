@@ -110,11 +110,9 @@ def unsafe_values(text: str, plant: PlantModel, line_id: str, symbols: dict[str,
     return problems
 
 
-def check_prose(texts: dict[str, str], analysis: Analysis, hits: list[Hit], plant: PlantModel) -> list[str]:
-    """Why these texts cannot be shown as they are; empty when every claim is grounded."""
-    problems: list[str] = []
-    allowed = allowed_numbers(analysis, hits)
-    words = machine_words(plant, analysis.line_id)
+def involved_machines(analysis: Analysis, hits: Iterable[Hit], words: dict[str, str]) -> set[str]:
+    """The machines a text may name: the causes', the actions', the cited findings', and those the SOP sections
+    and the playbook's own texts name."""
     machines = {c.machine_id for c in analysis.causes} | {a.machine_id for a in analysis.actions}
     machines |= {f.machine_id for f in analysis.findings if f.id in analysis.cited}
     sop = " ".join(h.section.text for h in hits).lower()
@@ -122,6 +120,15 @@ def check_prose(texts: dict[str, str], analysis: Analysis, hits: list[Hit], plan
     own = " ".join([analysis.title, analysis.root_cause_text, *analysis.steps, *analysis.safety_notes,
                     *analysis.compliance_notes]).lower()  # the playbook's texts: SOP steps as data
     machines |= {m for w, m in words.items() if re.search(rf"\b{w}\b", own)}
+    return machines
+
+
+def check_prose(texts: dict[str, str], analysis: Analysis, hits: list[Hit], plant: PlantModel) -> list[str]:
+    """Why these texts cannot be shown as they are; empty when every claim is grounded."""
+    problems: list[str] = []
+    allowed = allowed_numbers(analysis, hits)
+    words = machine_words(plant, analysis.line_id)
+    machines = involved_machines(analysis, hits, words)
     directions = {a.parameter: a.direction for a in analysis.actions}
     grounded_clock = " ".join([analysis.summary, *analysis.steps, *analysis.waiting])
     for what, text in texts.items():
@@ -156,3 +163,108 @@ def check_prose(texts: dict[str, str], analysis: Analysis, hits: list[Hit], plan
                                     f"(the analysis says {direction})")
         problems += [f"{what}: {p}" for p in unsafe_values(text, plant, analysis.line_id, analysis.units)]
     return list(dict.fromkeys(problems))
+
+
+# --- the same rules as a grammar: text the check would refuse cannot be generated -----------------------------
+
+# Words any operator text needs, whatever the window (no machine names, no change verbs, no numbers).
+_COMMON = (
+    "a an the is are was were be been being it its this that these those than and or but so as of in on at for "
+    "with from into after before since while when because which there their they has have had not no check "
+    "inspect keep watch until each all both one high low hot cold above below over under near normal recipe "
+    "operator product cookies temperature reading readings value level fault running runs now still again "
+    "first then must should can could will may cause causes caused too much little during window line defect defects defective items rate rising falling drifting steady setpoint "
+    "showing shows reads read against limit maximum minimum quality process deviation equipment problem issue"
+)
+COMMON_WORDS = _COMMON.split()  # claims (a faulty sensor, a stopped machine) come only from the analysis' words
+# Words that make the check's open-ended or id rules fire; never offered.
+EXCLUDED_WORDS = {"more", "least", "previous", "by", "step", "steps", "sop", "urn", "cel", "nu", "grm", "amp",
+                  "kwt", "fah", "sec", "c62"}
+# After these words a number reads as a target or a change ("to 260 °C", "of 40 °C"): no number may follow them.
+TARGET_WORDS = ("to", "at", "from", "of")
+TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9']*")
+_SYMBOLS = ("°C", "°F", "Nm", "rpm", "%", "m/min", "A", "g", "kW", "mV")
+
+
+def grounded_vocabulary(analysis: Analysis, hits: Iterable[Hit], plant: PlantModel) -> tuple[set[str], set[str]]:
+    """(words, numbers with their unit) a text about this window may use: the words of the analysis, its
+    findings and the SOP sections plus common words, less the names of machines the evidence does not involve,
+    the change verbs that go against the allowed actions (all of them when no change is allowed), and the
+    words the safety rules read as open-ended; numbers only the evidence's and the actions', as written."""
+    hits = list(hits)
+    words_to_machine = machine_words(plant, analysis.line_id)
+    machines = involved_machines(analysis, hits, words_to_machine)
+    own = [analysis.title, analysis.summary, analysis.root_cause_text, *analysis.steps, *analysis.safety_notes,
+           *(f.description for f in analysis.findings if f.id in analysis.cited or not analysis.cited)]
+    words: set[str] = set()
+    for text in own:
+        words.update(TOKEN.findall(text))
+    for hit in hits:  # the SOP's letters only: its zone numbers and ids are other zones' and documents'
+        words.update(w for w in TOKEN.findall(hit.section.text) if w.isalpha())
+    words.update(COMMON_WORDS)
+    directions = {a.direction for a in analysis.actions}
+
+    def allowed(word: str) -> bool:
+        low = word.lower()
+        stem = low[:-1] if low.endswith("s") else low
+        if low in EXCLUDED_WORDS or (words_to_machine.get(low) or words_to_machine.get(stem, "")) not in (
+                "", *machines):
+            return False
+        if UP.fullmatch(low) and "increase" not in directions:
+            return False
+        if (DOWN.fullmatch(low) or low == "lower") and "decrease" not in directions:
+            return False
+        return not RAW_UNIT.search(f"1 {word}")
+
+    numbers: set[str] = set()
+    for text in [*own, *(f"{a.current:g} {a.value:g}" for a in analysis.actions)]:
+        for match in NUMBER.finditer(CLOCK.sub(" ", text)):
+            unit = match.group(2) or ""
+            if unit in ("C", "F"):
+                unit = f"°{unit}"
+            numbers.add(match.group(0).strip() if unit in _SYMBOLS else match.group(1))
+            if text[match.end():match.end() + 1] == "%":  # "69.0%": no word boundary after % for NUMBER
+                numbers.add(match.group(1) + "%")
+    kept = {w for w in words if allowed(w)}
+    if "lower" not in kept:
+        kept.add("lower than")  # a comparison, not a change: the check lets it pass, so may the grammar
+    return kept, numbers
+
+
+def _trie_regex(words: Iterable[str]) -> str:
+    """One regex alternation as a prefix tree: a grammar built from it keeps few states per character."""
+    trie: dict[str, dict] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict[str, dict]) -> str:
+        parts = []
+        for char in sorted(k for k in node if k):
+            # a special character as a class: llama.cpp's converter copies "\\." into GBNF, which refuses it
+            parts.append((f"[{char}]" if char in ".()*+?|$" else char) + emit(node[char]))
+        end = "" in node
+        if not parts:
+            return ""
+        body = parts[0] if len(parts) == 1 else "(" + "|".join(parts) + ")"
+        return f"({body})?" if end else body
+
+    return emit(trie)
+
+
+def text_pattern(words: set[str], numbers: set[str], min_words: int, max_words: int) -> str:
+    """A JSON-schema `pattern` for one operator text: chunks of words and numbers from the vocabulary separated by
+    a space, a comma or a full stop; a number never right after one of TARGET_WORDS (a chunk that starts with one
+    of them ends with another word)."""
+    vocabulary = set(words) | {w[0].upper() + w[1:] for w in words} | {w.lower() for w in words if w.isalpha()}
+    targets = {w for w in vocabulary if w.lower() in TARGET_WORDS}
+    plain = _trie_regex(sorted(vocabulary - targets))
+    chunk = plain
+    if targets:
+        chunk = f"({_trie_regex(sorted(targets))} )+{plain}"
+        chunk = f"({plain}|{chunk})"
+    if numbers:
+        chunk = f"({chunk}|{_trie_regex(sorted(numbers))})"
+    return f"^{chunk}((, |[.] | ){chunk}){{{max(0, min_words - 1)},{max_words - 1}}}[.]?$"

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lineguard.logs import event, get_logger
@@ -25,8 +26,8 @@ from lineguard.plant import PlantModel
 from lineguard.telemetry import counter, histogram
 from services.advisor.analysis import Analysis, Analyzer, Memory, ProposedAction
 from services.advisor.models import ModelError, ModelProvider, ModelRequest, ModelResponse
-from services.advisor.prose import check_prose
-from services.advisor.retrieval import Hit, Retriever
+from services.advisor.prose import check_prose, grounded_vocabulary, text_pattern
+from services.advisor.retrieval import Hit, Retriever, Section
 from services.advisor.window import LineHistory, LineWindow
 
 log = get_logger(__name__)
@@ -109,6 +110,86 @@ def draft_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict
         "required": ["title", "summary", "category", "root_cause_entity_id", "root_cause", "evidence", "steps",
                      "proposed_actions", "references"],
     }
+
+
+# "Facts from the data, words from the model": a small model (the local default) writes only the title, the
+# summary and the root cause, in a grammar that offers only the evidence's words and numbers; the category, the
+# cause, the evidence, the steps (the playbook's), the actions and the references are the analysis'. The whole
+# draft is then validated as any model's.
+TEXT_SYSTEM_PROMPT = (
+    "You are the line advisor of a cookie factory. For the operator, write in plain words a short title, a "
+    "one-sentence summary and the root cause of what the findings show, as JSON. Use only the facts given."
+)
+TEXT_LIMITS = {"title": (3, 10), "summary": (5, 22), "root_cause": (5, 22)}  # words (chunks) per text
+
+
+def text_schema(analysis: Analysis, hits: list[Hit], plant: PlantModel) -> dict[str, Any]:
+    """The schema of a words-only answer: each text a `pattern` over the window's grounded vocabulary."""
+    words, numbers = grounded_vocabulary(analysis, hits[:2], plant)
+    return {"type": "object",
+            "properties": {key: {"type": "string", "pattern": text_pattern(words, numbers, low, high)}
+                           for key, (low, high) in TEXT_LIMITS.items()},
+            "required": list(TEXT_LIMITS)}
+
+
+def speakable(text: str, max_words: int = 0) -> str:
+    """An analysis text as the words-only grammar can write it (no times, colons, brackets or semicolons), cut
+    at a comma or a full stop within `max_words` words when given."""
+    text = re.sub(r",?\s*(window\s+)?\d{1,2}:\d{2}( [A-Z]{3,4})?( to \d{1,2}:\d{2}( [A-Z]{3,4})?)?", "", text)
+    text = re.sub(r"\s*[:;]\s*", ", ", text)
+    text = re.sub(r"\s*\(\s*", ", ", text).replace(")", "")
+    text = re.sub(r"\s+", " ", re.sub(r",\s*,", ",", text)).strip(" ,")
+    words = text.split(" ")
+    if max_words and len(words) > max_words:
+        cut = " ".join(words[:max_words])
+        ends = [m.start() for m in re.finditer(r"[,.](?= |$)", cut)]
+        text = cut[:ends[-1]] if ends else cut
+    return text.rstrip(" ,")
+
+
+def _brief(category: str, severity: str, headline: str, cause: str, findings: list[str], change: str,
+           sop: str) -> str:
+    return "\n".join([f"Category: {category.replace('_', ' ')}, severity {severity}.", f"Headline: {headline}",
+                      f"Root cause: {cause}", "Findings: " + " ".join(f"{f.rstrip('.')}." for f in findings),
+                      f"Change: {change}", f"The SOP says: {sop}"])
+
+
+def build_brief(analysis: Analysis, hits: list[Hit], sop_chars: int = 120) -> str:
+    """The words-only prompt: what the window shows, short (a 135M model on one core reads ~100 tokens/s)."""
+    changes = [f"{a.direction} {a.parameter.replace('_', ' ')} from {a.current:g} to {a.value:g} "
+               f"{analysis.units.get(a.unit_code or '', '')}".rstrip() for a in analysis.actions]
+    findings = [f.description for f in (analysis.finding(i) for i in analysis.cited[:2]) if f is not None]
+    cause = analysis.root_cause_text
+    if len(analysis.causes) > 1:
+        cause += " Other causes: " + "; ".join(c.title for c in analysis.causes[1:])
+    sop = " ".join(hits[0].section.text.split())[:sop_chars] if hits else "nothing retrieved"
+    return _brief(analysis.category, analysis.severity, analysis.title, cause, findings,
+                  "; ".join(changes) or "none allowed, propose no setpoint change", sop)
+
+
+def brief_from_record(record: dict[str, Any]) -> str:
+    """The brief of a published recommendation (an upvoted one becomes an exemplar for windows like it)."""
+    root = record.get("root_cause") or {}
+    changes = [f"{a.get('parameter', '').replace('_', ' ')} to {a.get('value')}"
+               for a in record.get("proposed_actions") or [] if isinstance(a, dict)]
+    findings = [str(e.get("description") or "") for e in (record.get("evidence") or [])[:3] if isinstance(e, dict)]
+    refs = [f"{r.get('doc_id')} {r.get('title') or ''}".strip() for r in record.get("references") or []
+            if isinstance(r, dict)]
+    return _brief(str(record.get("category") or "none"), str(record.get("severity") or "info"),
+                  str(record.get("title") or ""), str(root.get("description") or "") if isinstance(root, dict)
+                  else "", findings, "; ".join(changes) or "none allowed, propose no setpoint change",
+                  "; ".join(refs) or "nothing retrieved")
+
+
+def complete_draft(text: dict[str, Any], analysis: Analysis, hits: list[Hit]) -> dict[str, Any]:
+    """A full draft: the model's words around the analysis' facts."""
+    cause = str(text.get("root_cause") or "")
+    return {"title": text.get("title"), "summary": text.get("summary"), "category": analysis.category,
+            "root_cause_entity_id": analysis.root_cause_entity or "none", "root_cause": text.get("root_cause"),
+            "evidence": list(analysis.cited[:4]) or ["none"], "steps": list(analysis.steps),
+            "proposed_actions": [{"machine_entity_id": a.machine_entity_id, "parameter": a.parameter,
+                                  "value": a.value, "reason": cause} for a in analysis.actions],
+            "references": [f"{h.section.doc_id}#{h.section.section}" for h in hits[:2]]}
 
 
 def build_prompt(analysis: Analysis, hits: list[Hit], trigger: str, section_chars: int = 240) -> str:
@@ -225,6 +306,65 @@ def validate_draft(draft: dict[str, Any] | None, analysis: Analysis, hits: list[
     return errors
 
 
+class Exemplars:
+    """The learning step for a model without a GPU: solved briefs (lineguard-train's `advisor_exemplars.jsonl`,
+    from recorded windows and upvoted recommendations), the nearest (BM25) put in front of a window's brief.
+    Each item: {"id", "group", "question" (a brief), "answer" ({"title", "summary", "root_cause"})}."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = [i for i in items if isinstance(i, dict) and i.get("question") and isinstance(i.get("answer"), dict)]
+        self.retriever = Retriever([Section(str(i.get("id")), str(n), "", str(i["question"]), "")
+                                    for n, i in enumerate(self.items)])
+
+    @classmethod
+    def load(cls, path: str | Path) -> Exemplars:
+        items = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line: the rest still teach
+        return cls(items)
+
+    def nearest(self, brief: str, k: int, exclude_group: str | None = None) -> list[dict[str, Any]]:
+        hits = self.retriever.search(brief, limit=k + 8, min_score=0.0)
+        found = [self.items[int(h.section.section)] for h in hits]
+        return [i for i in found if exclude_group is None or i.get("group") != exclude_group][:k]
+
+    def prompt(self, brief: str, k: int, exclude_group: str | None = None) -> str:
+        shown = self.nearest(brief, k, exclude_group)
+        if not shown:
+            return brief
+        parts = [f"Example {n}.\n{_short(str(i['question']))}\nAnswer: "
+                 + json.dumps({key: i["answer"].get(key) for key in TEXT_LIMITS}, ensure_ascii=False)
+                 for n, i in enumerate(shown, start=1)]
+        return "Solved examples:\n" + "\n\n".join(parts) + "\n\nNow this window.\n" + brief
+
+
+def _short(brief: str) -> str:
+    """An exemplar's brief as shown: its headline, root cause and first finding (prompt tokens cost ~25 ms each
+    on one core; the whole brief stays the retrieval key)."""
+    keep = ("Headline: ", "Root cause: ", "Findings: ")
+    lines = [line for line in brief.splitlines() if line.startswith(keep)]
+    return "\n".join(line.split(". ", 1)[0] if line.startswith("Findings: ") else line for line in lines)
+
+
+_EXEMPLARS: dict[str, tuple[float, Exemplars]] = {}
+
+
+def exemplars_at(path: str) -> Exemplars | None:
+    """The exemplars file, re-read when it changes (a new `prepare` reaches the next window, no restart)."""
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        return None
+    cached = _EXEMPLARS.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, Exemplars.load(path))
+        _EXEMPLARS[path] = cached
+    return cached[1]
+
+
 class Advisor:
     """Turns windows into recommendation records (dicts for `recommendations.v1`)."""
 
@@ -237,6 +377,8 @@ class Advisor:
         self.model_on_normal = model_on_normal
         self.max_tokens = max_tokens
         self.stats = {"model_valid": 0, "fallback": 0, "analysis_only": 0}
+        # an evaluation on recorded windows leaves out the exemplars of the window's own scenario
+        self.exclude_exemplar_group: str | None = None
 
     @property
     def provider_name(self) -> str:
@@ -262,8 +404,17 @@ class Advisor:
             RECOMMENDATIONS.labels(record["severity"], trigger).inc()
             return Outcome(record, analysis, hits, model_valid=False, fallback=False)
 
-        schema = draft_schema(analysis, hits, self.plant)
-        prompt = build_prompt(analysis, hits, trigger)
+        options = self.provider.alias.options
+        words_only = options.get("draft", "text" if provider == "local" else "full") == "text"
+        if words_only:
+            system, schema, prompt = TEXT_SYSTEM_PROMPT, text_schema(analysis, hits, self.plant), build_brief(
+                analysis, hits)
+            exemplars = exemplars_at(str(options["exemplars"])) if options.get("exemplars") else None
+            if exemplars is not None:
+                prompt = exemplars.prompt(prompt, int(options.get("exemplars_k", 2)), self.exclude_exemplar_group)
+        else:
+            system, schema, prompt = SYSTEM_PROMPT, draft_schema(analysis, hits, self.plant), build_prompt(
+                analysis, hits, trigger)
         errors: list[str] = []
         failed_call = False
         attempts = 0
@@ -273,7 +424,7 @@ class Advisor:
             text = prompt if attempt == 1 else (
                 prompt + "\nYour previous answer was refused: " + "; ".join(errors[-3:]) + ". Answer again.")
             try:
-                response = await self.provider.generate(ModelRequest(SYSTEM_PROMPT, text, schema,
+                response = await self.provider.generate(ModelRequest(system, text, schema,
                                                                      max_tokens=self.max_tokens))
             except ModelError as exc:
                 errors.append(str(exc))
@@ -284,13 +435,16 @@ class Advisor:
             failed_call = False
             latency += response.latency_s
             self._record_usage(provider, response)
-            problems = validate_draft(response.data, analysis, hits, self.plant)
+            draft = response.data
+            if words_only and isinstance(draft, dict):
+                draft = complete_draft(draft, analysis, hits)
+            problems = validate_draft(draft, analysis, hits, self.plant)
             if response.data is None and response.error:
                 problems = [response.error]
             if not problems:
                 MODEL_CALLS.labels(provider, "valid").inc()
                 self.stats["model_valid"] += 1
-                record = self._from_draft(rec_id, analysis, hits, trigger, created, response)
+                record = self._from_draft(rec_id, analysis, hits, trigger, created, response, draft or {})
                 RECOMMENDATIONS.labels(record["severity"], trigger).inc()
                 return Outcome(record, analysis, hits, True, False, attempts, errors, latency)
             MODEL_CALLS.labels(provider, "invalid").inc()
@@ -336,8 +490,7 @@ class Advisor:
         return record
 
     def _from_draft(self, rec_id: str, analysis: Analysis, hits: list[Hit], trigger: str, created: int,
-                    response: ModelResponse) -> dict[str, Any]:
-        draft = response.data or {}
+                    response: ModelResponse, draft: dict[str, Any]) -> dict[str, Any]:
         record = self._base(rec_id, analysis, trigger, created)
         by_ref = {f"{h.section.doc_id}#{h.section.section}": h.section.ref for h in hits}
         allowed = {(a.machine_entity_id, a.parameter): a for a in analysis.actions}

@@ -55,6 +55,7 @@ def cmd_prepare(args: argparse.Namespace, settings: TrainerSettings) -> int:
         args.per_section,
         args.test_share,
         history=_history_source(args.history or settings.trainer_history, settings),
+        windows=Path(args.windows) if getattr(args, "windows", None) else None,
     )
     plant = load_plant(settings.plant_file or default_plant_path())
     result = Prepare(
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-section", type=int, default=2)
     p.add_argument("--test-share", type=float, default=0.25)
+    p.add_argument("--windows", help="recorded windows (folder of JSON) -> advisor_exemplars.jsonl")
     p.set_defaults(func=cmd_prepare)
     for extra in EXTRA_COMMANDS:
         extra(sub)
@@ -273,10 +275,50 @@ def _provider_for(args: argparse.Namespace, settings: TrainerSettings):  # type:
     return create_provider(table[args.model]), None
 
 
+def cmd_evaluate_windows(args: argparse.Namespace, settings: TrainerSettings) -> int:
+    """The advisor itself (brief, grammar, exemplars, validation, retry) on recorded windows."""
+    from dataclasses import replace
+
+    from services.advisor.models import create_provider, parse_aliases
+    from services.advisor.recommend import Advisor
+    from services.advisor.retrieval import Retriever
+    from services.trainer.advisor_exemplars import evaluate_windows, load_windows, windows_markdown
+
+    dataset_dir = Path(args.dataset or settings.trainer_out)
+    table = parse_aliases(settings.advisor_model_aliases)
+    if args.model not in table:
+        raise ValueError(f"unknown model alias {args.model!r} (known: {', '.join(sorted(table))})")
+    alias = table[args.model]
+    if args.exemplars:
+        alias = replace(alias, version=f"{alias.version or ''}+exemplars{args.exemplars}", options={
+            **alias.options, "exemplars": str(dataset_dir / "advisor_exemplars.jsonl"),
+            "exemplars_k": args.exemplars})
+    windows = load_windows(args.windows)
+    if args.limit:
+        windows = windows[: args.limit]
+    plant = load_plant(settings.plant_file or default_plant_path())
+    advisor = Advisor(plant, Retriever.from_folder(str(args.docs or settings.trainer_docs)),
+                      create_provider(alias), max_tokens=args.max_tokens)
+    report = evaluate_windows(advisor, windows)
+    out = Path(args.out or dataset_dir / "reports")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"windows-{args.model}" + (f"-exemplars{args.exemplars}" if args.exemplars else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False))
+    (out / f"{stem}.md").write_text(windows_markdown(report))
+    if args.record and args.record_metrics:
+        _registry(args, settings).record_metrics(args.record, "scenarios", {
+            "valid_share": report["metrics"]["model_valid_share"],
+            "safety_violations": report["metrics"]["safety_violations"]})
+    print(json.dumps({"report": str(out / f"{stem}.md"), **report["metrics"]}))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: TrainerSettings) -> int:
     from services.trainer import evaluate
     from services.trainer.exemplars import ExemplarProvider
 
+    if getattr(args, "windows", None):
+        return cmd_evaluate_windows(args, settings)
     dataset_dir = Path(args.dataset or settings.trainer_out)
     examples, sections = evaluate.load_dataset(dataset_dir, args.split)
     if args.limit:
@@ -315,6 +357,10 @@ def _evaluate_command(sub: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=500)
+    p.add_argument("--windows", help="evaluate the advisor on these recorded windows instead of the split "
+                   "(--exemplars K then uses <dataset>/advisor_exemplars.jsonl, leaving each window's own "
+                   "scenario out)")
+    p.add_argument("--docs", help="the advisor's documents (with --windows)")
     p.add_argument("--out", help="report folder (default: <dataset>/reports)")
     p.add_argument(
         "--record", help="registry version to store the metrics on (default: the evaluated version)"

@@ -22,7 +22,9 @@ from typing import Any
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel
 from services.advisor.models import ModelProvider
+from services.advisor.retrieval import Retriever
 from services.trainer import dataset
+from services.trainer.advisor_exemplars import load_windows, record_exemplars, window_exemplars
 from services.trainer.extract import SourceSection, extract_folder
 from services.trainer.generate import generate_for_section
 from services.trainer.history import history_examples
@@ -58,6 +60,7 @@ class PrepareOptions:
     test_share: float = 0.25
     seed: str = "lineguard"
     history: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]] | None = None  # (recs, feedback)
+    windows: Path | None = None  # recorded windows -> exemplars for the advisor's own prompts
 
 
 @dataclass
@@ -144,6 +147,13 @@ class Prepare:
             },
             lambda: self._history(recs, feedback, sections),
         )
+        window_files = (sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                               for p in self.o.windows.glob("*.json")) if self.o.windows else [])
+        windows = self._stage(
+            "windows",
+            {"files": window_files, "docs": digest(extracted["sections"]), "limits": self._limits()},
+            self._windows,
+        )
         examples = validated["kept"] + history["examples"]
         splits = self._stage(
             "split",
@@ -159,8 +169,9 @@ class Prepare:
                 "history": digest(history),
                 "extracted": digest(extracted),
                 "validated": digest(validated),
+                "windows": digest(windows),
             },
-            lambda: self._publish(extracted, generated, validated, history, splits),
+            lambda: self._publish(extracted, generated, validated, history, splits, windows),
         )
         return PrepareResult(self.o.out, card, list(self.ran))
 
@@ -237,7 +248,7 @@ class Prepare:
         self, recs: list[dict[str, Any]], feedback: list[dict[str, Any]], sections: dict[str, SourceSection]
     ) -> dict[str, Any]:
         examples, review, dropped = history_examples(recs, feedback)
-        kept = []
+        kept: list[dict[str, Any]] = []
         for example in examples:
             # the operators' vote stands in for textual support; citations, prose and safety are still checked
             errors = check_example(example, sections, self.plant, check_support=False)
@@ -253,7 +264,17 @@ class Prepare:
                 )
             else:
                 kept.append(example)
-        return {"examples": kept, "review": review, "dropped": dropped}
+        by_id = {r.get("id"): r for r in recs if isinstance(r, dict)}
+        # an upvoted recommendation also teaches the advisor's own prompt (its brief -> its published words)
+        advisor = record_exemplars([by_id[e["recommendation_id"]] for e in kept if e["recommendation_id"] in by_id])
+        return {"examples": kept, "review": review, "dropped": dropped, "advisor_exemplars": advisor}
+
+    def _windows(self) -> dict[str, Any]:
+        if not self.o.windows:
+            return {"exemplars": [], "dropped": []}
+        retriever = Retriever.from_folder(self.o.docs)
+        kept, dropped = window_exemplars(load_windows(self.o.windows), self.plant, retriever)
+        return {"exemplars": kept, "dropped": dropped}
 
     def _publish(
         self,
@@ -262,6 +283,7 @@ class Prepare:
         validated: dict[str, Any],
         history: dict[str, Any],
         splits: dict[str, Any],
+        windows: dict[str, Any],
     ) -> dict[str, Any]:
         sections = {
             s["doc_id"] + "#" + s["section"]: SourceSection.from_dict(s) for s in extracted["sections"]
@@ -277,6 +299,9 @@ class Prepare:
             "examples/train.jsonl": dataset.dumps_lines(train),
             "examples/test.jsonl": dataset.dumps_lines(test),
             "review.jsonl": dataset.dumps_lines(history["review"]),
+            # the learning step for the advisor's window prompts (alias option "exemplars")
+            "advisor_exemplars.jsonl": dataset.dumps_lines(
+                windows["exemplars"] + history.get("advisor_exemplars", [])),
         }
         dataset_id = "ds-" + digest([files["train.jsonl"], files["test.jsonl"]])[:12]
         candidates = (
@@ -296,6 +321,9 @@ class Prepare:
             dataset_id=dataset_id,
             section_errors=generated["errors"],
         )
+        card["advisor_exemplars"] = {"windows": len(windows["exemplars"]),
+                                     "history": len(history.get("advisor_exemplars", [])),
+                                     "dropped": windows["dropped"]}
         for name, text in files.items():
             write_atomic(self.o.out / name, text)
         write_atomic(self.o.out / "data_card.json", json.dumps(card, indent=2, sort_keys=True))
