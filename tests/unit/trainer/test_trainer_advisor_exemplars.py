@@ -98,3 +98,19 @@ def test_recorded_windows_become_exemplars_and_the_evaluation_leaves_their_scena
     oven_prompts = [r.prompt for r in provider.requests if "Tunnel oven" in r.prompt.rsplit("Now this window.")[-1]]
     assert oven_prompts and all("Solved examples" not in p or "Dough mixer" in p.split("Now this window.")[0]
                                 for p in oven_prompts)
+
+
+def test_evaluate_windows_on_the_command_line(tmp_path: Path, capsys) -> None:
+    from services.trainer.cli import main
+
+    windows = tmp_path / "windows"
+    windows.mkdir()
+    shutil.copy(FIXTURES / "conveyor_stop_600.json", windows / "conveyor_stop_600.json")
+    code = main(["evaluate", "--windows", str(windows), "--model", "analysis-only", "--dataset", str(tmp_path),
+                 "--docs", str(DOCS)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # no model: every window is the analysis' own (not the model's), and nothing unsafe
+    assert printed["windows"] == 1 and printed["model_valid_share"] == 0 and printed["safety_violations"] == 0
+    report = (tmp_path / "reports" / "windows-analysis-only.md").read_text()
+    assert "| conveyor_stop_600 | no | 0 |" in report
