@@ -24,12 +24,12 @@ from typing import Any
 
 from aiohttp import web
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import NewTopic
 
 from lineguard import topics
 from lineguard.catalog import load_catalog
 from lineguard.health import create_app
 from lineguard.kafka import ConsumerLoop, Record, Tail, new_admin, read_topic
+from lineguard.kafka.changelog import ensure_changelog
 from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel, load_plant
 from lineguard.service import Runtime, Service, StartupError, run_service, serve
@@ -136,21 +136,8 @@ class AdvisorService:
             raise ValueError(f"the line topics must have one partition count (co-partitioned by line): {counts}")
         self.state.partitions = partitions
         self.recommendations_copartitioned = counts[RECOMMENDATIONS_TOPIC] == partitions
-        name = self.settings.topic(self.settings.changelog_topic)
-        if name in existing:
-            have = len(existing[name].partitions)
-            if have != partitions:
-                raise ValueError(f"the changelog {name} has {have} partitions and the line topics {partitions}: "
-                                 "it must be co-partitioned with them (delete it; it is rebuilt from the inputs)")
-            return
-        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=-1,
-                                                config={"cleanup.policy": "compact"})])
-        for future in futures.values():
-            try:
-                future.result(15)
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+        ensure_changelog(self.settings, self.settings.changelog_topic, partitions, "the line topics", admin,
+                         existing)
 
     def _read_topic(self, topic: str, tail: int | None = None) -> list[tuple[bytes | None, bytes | None]]:
         """Every record of a topic (or the last `tail` of each partition) as (key, value) bytes."""

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import NewTopic
 
 from lineguard import telemetry
 from lineguard.kafka import Output, Producer, Record, Sink, new_admin, read_topic
+from lineguard.kafka.changelog import ensure_changelog as ensure_compacted_changelog
 from lineguard.logs import event, get_logger
 from lineguard.partitioning import partition_for
 from lineguard.settings import Settings
@@ -64,21 +64,7 @@ def ensure_changelog(settings: Settings, changelog: str = CHANGELOG, source: str
     if info is None or not info.partitions:
         raise ValueError(f"{settings.topic(source)} does not exist (create the catalog topics first)")
     partitions = len(info.partitions)
-    name = settings.topic(changelog)
-    if name in existing:
-        have = len(existing[name].partitions)
-        if have != partitions:
-            raise ValueError(f"{name} has {have} partitions and {settings.topic(source)} {partitions}: it must be "
-                             "co-partitioned with it (delete it: it is seeded again from line.alarms.v1)")
-        return partitions
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=-1,
-                                            config={"cleanup.policy": "compact"})])
-    for future in futures.values():
-        try:
-            future.result(15)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    ensure_compacted_changelog(settings, changelog, partitions, settings.topic(source), admin, existing)
     return partitions
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from metrics_text import by_partition, scrape
-from polling import wait_for
+from polling import false_while_raising, wait_for
 from scenario_driver import RUN_START_MS, UnifiedRecord, run_scenario
 
 from lineguard.embedded import free_port
@@ -60,15 +60,6 @@ def owned(port: int) -> set[int]:
 
 def total(port: int, name: str) -> float:
     return sum(metrics(port).get(name, {}).values())
-
-
-def safe(check):
-    def run() -> object:
-        try:
-            return check()
-        except OSError:
-            return False
-    return run
 
 
 @pytest.fixture
@@ -122,7 +113,7 @@ def test_a_killed_workers_lines_move_with_their_open_windows_and_nothing_is_publ
     for port in ports:
         start(port)
     # each worker owns exactly one partition of the three once the group is stable
-    assert wait_for(safe(lambda: [len(owned(p)) for p in ports] == [1, 1, 1]
+    assert wait_for(false_while_raising(lambda: [len(owned(p)) for p in ports] == [1, 1, 1]
                          and set().union(*(owned(p) for p in ports)) == set(range(PARTITIONS))), 75, 0.3), \
         "the group did not settle on one partition per worker"
     timings["group settled"] = time.monotonic() - began
@@ -136,12 +127,13 @@ def test_a_killed_workers_lines_move_with_their_open_windows_and_nothing_is_publ
     for record in first:
         producer.produce(TOPIC_BY_KIND[record.kind], record.value["line_id"], record.value)
     assert producer.flush(30) == 0
-    assert wait_for(safe(lambda: sum(total(p, "lineguard_advisor_records_folded_total") for p in ports)
-                         >= len(first)), 60, 0.3), "the first part was not folded"
+    assert wait_for(false_while_raising(
+        lambda: sum(total(p, "lineguard_advisor_records_folded_total") for p in ports) >= len(first)), 60, 0.3), \
+        "the first part was not folded"
     folded_at = time.monotonic()
     # Every worker's state is in the changelog once its sink holds no offset back (the gauge is reported every
     # second, so only a reading taken after the folding counts).
-    assert wait_for(safe(lambda: time.monotonic() > folded_at + 1.5 and all(
+    assert wait_for(false_while_raising(lambda: time.monotonic() > folded_at + 1.5 and all(
         total(p, "lineguard_advisor_uncommitted_records") == 0 for p in ports)), 30, 0.3), "no checkpoint"
     timings["first part folded and checkpointed"] = time.monotonic() - began
     for port in ports:  # nothing was in the changelog when they started: nothing restored yet
@@ -161,7 +153,8 @@ def test_a_killed_workers_lines_move_with_their_open_windows_and_nothing_is_publ
         producer.produce(TOPIC_BY_KIND[record.kind], record.value["line_id"], record.value)
     assert producer.flush(30) == 0
     producer.close()
-    assert wait_for(safe(lambda: set().union(*(owned(p) for p in survivors)) == set(range(PARTITIONS))), 45, 0.3), \
+    assert wait_for(false_while_raising(
+        lambda: set().union(*(owned(p) for p in survivors)) == set(range(PARTITIONS))), 45, 0.3), \
         "the survivors did not take over the victim's partition"
     timings["partition taken over"] = time.monotonic() - began
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from metrics_text import by_partition, scrape, total
-from polling import wait_for
+from polling import false_while_raising, wait_for
 
 from lineguard.kafka import Producer, read_topic
 from lineguard.partitioning import partition_for
@@ -46,15 +46,6 @@ def owned(worker: NormalizerProcess) -> set[int]:
 
 def restored(worker: NormalizerProcess) -> dict[int, float]:
     return by_partition(scrape(worker.port).get("lineguard_normalizer_alarm_changelog_records_restored_total", {}))
-
-
-def safe(check: Callable[[], bool]) -> Callable[[], bool]:
-    def run() -> bool:
-        try:
-            return check()
-        except OSError:
-            return False
-    return run
 
 
 @pytest.fixture
@@ -106,7 +97,7 @@ def test_alarm_state_moves_with_its_partitions_and_keeps_counting(setup) -> None
     b = worker("b")
     b.wait_ready()
     # The rebalance: raw.alarms.v1's partitions split between the two, none held twice.
-    assert wait_for(safe(lambda: bool(owned(a)) and bool(owned(b)) and not owned(a) & owned(b)
+    assert wait_for(false_while_raising(lambda: bool(owned(a)) and bool(owned(b)) and not owned(a) & owned(b)
                          and owned(a) | owned(b) == set(range(PARTITIONS))), timeout=45, interval=0.3), \
         a.tail() + b.tail()
     mine_a, mine_b = owned(a), owned(b)
@@ -125,7 +116,8 @@ def test_alarm_state_moves_with_its_partitions_and_keeps_counting(setup) -> None
     assert wait_for(lambda: a.records_in() + b.records_in() >= 2 * LINES, timeout=30), a.tail() + b.tail()
     assert b.records_in() >= 1  # B handled the second raise of its partitions' alarms
     assert b.stop() == 0, b.tail()  # B leaves the group: A takes its partitions back from the changelog
-    assert wait_for(safe(lambda: owned(a) == set(range(PARTITIONS))), timeout=45, interval=0.3), a.tail()
+    assert wait_for(false_while_raising(lambda: owned(a) == set(range(PARTITIONS))), timeout=45, interval=0.3), \
+        a.tail()
     raise_all(3)
     assert wait_for(lambda: all(f"{d}:3" in published() for d in devices), timeout=30), a.tail()
     assert a.stop() == 0, a.tail()
