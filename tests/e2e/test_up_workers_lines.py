@@ -29,7 +29,7 @@ from lineguard.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 LINES = ("line1", "line2", "line3")
-SPEED = 30  # a 5-minute window closes every 10 s
+SPEED = 30
 ADVISORS = [SERVICE_PORTS["advisor"] + WORKER_PORT_STEP * i for i in range(2)]
 NORMALIZERS = [SERVICE_PORTS["normalizer"] + WORKER_PORT_STEP * i for i in range(2)]
 
@@ -84,9 +84,10 @@ def test_up_with_two_workers_and_three_lines(tmp_path: Path) -> None:
                              "--mqtt-port", str(mqtt_port), "--workers", "2", "--lines", str(len(LINES)),
                              "--speed", str(SPEED), "--ready-timeout", "150"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            # the analysis proposes at once; the local model's text is not what this is about
+                            # the analysis proposes at once (the local model's text is not what this is about);
+                            # 2-minute windows close every 4 s at this speed
                             env={**os.environ, "LINEGUARD_LOG_LEVEL": "WARNING",
-                                 "LINEGUARD_MODEL_ALIAS": "analysis-only"})
+                                 "LINEGUARD_MODEL_ALIAS": "analysis-only", "LINEGUARD_WINDOW_S": "120"})
     up_ready = threading.Event()
 
     def pump() -> None:
