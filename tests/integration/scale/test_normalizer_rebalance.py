@@ -128,3 +128,13 @@ def test_alarm_state_moves_with_its_partitions_and_keeps_counting(setup) -> None
             outs = states[f"{device}:{n}"]
             assert {(o["raise_count"], o["sequence"], o["raised_at"]) for o in outs} == \
                 {(n, n, T0 + 60_000)}, (device, n, outs)
+    # The changelog: every alarm's changes in the raw.alarms.v1 partition of its device, and one seed marker per
+    # partition (the first assignment found it empty; no later one read line.alarms.v1 again).
+    placed: dict[tuple[str, int], int] = {}
+    for record in read_topic(settings, "normalizer.alarms.changelog.v1", decode=False):
+        key = (record.key.decode(), record.partition)
+        placed[key] = placed.get(key, 0) + 1
+    assert {k: v for k, v in placed.items() if k[0] == "__seeded__"} == \
+        {("__seeded__", p): 1 for p in range(PARTITIONS)}
+    assert {k: v for k, v in placed.items() if k[0] != "__seeded__"} == \
+        {(f"urn:ngsi-ld:Alert:{d}-ZONE1_HIGH", partition_of[d]): 3 for d in devices}
