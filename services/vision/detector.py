@@ -26,6 +26,7 @@ from services.vision.features import FEATURE_NAMES, AbstainError, analyse
 from services.vision.imaging import DecodedImage, ImageError, decode_image
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("model") / "local-detector.json"
+RANGE_MARGIN = 0.1  # a feature's training range, widened by this share of its central 99 % on each side
 ABSTAINED = "abstained"
 
 
@@ -133,33 +134,46 @@ class Network:
 
 
 class Familiarity:
-    """How far a feature vector lies from the training set: squared Mahalanobis distance, with a limit."""
+    """How far a feature vector lies from the training set: squared Mahalanobis distance, with a limit; and each
+    feature's range in training, widened by a margin (a single feature far outside what training ever showed,
+    say a belt's texture or a dough's hue, is unfamiliar even when the distance as a whole is not)."""
 
-    def __init__(self, mean: np.ndarray, precision: np.ndarray, limit: float) -> None:
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, limit: float, low: np.ndarray | None = None,
+                 high: np.ndarray | None = None) -> None:
         self.mean, self.precision, self.limit = mean, precision, limit
+        self.low = np.full(len(mean), -np.inf) if low is None else low
+        self.high = np.full(len(mean), np.inf) if high is None else high
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         d = features.astype(np.float64) - self.mean
         return np.einsum("...i,ij,...j->...", d, self.precision, d)
 
+    def outside(self, features: np.ndarray) -> np.ndarray:
+        """Indices of the features outside their training range (one vector)."""
+        return np.flatnonzero((features < self.low) | (features > self.high))
+
     @classmethod
-    def fit(cls, x: np.ndarray, quantile: float = 0.999, margin: float = 2.0, shrink: float = 0.05) -> Familiarity:
+    def fit(cls, x: np.ndarray, quantile: float = 0.999, margin: float = 2.0, shrink: float = 0.05,
+            range_margin: float = RANGE_MARGIN) -> Familiarity:
         mean = x.mean(axis=0)
         scale = x.std(axis=0) + 1e-6
         corr = np.cov(((x - mean) / scale).T)
         corr = (1 - shrink) * corr + shrink * np.eye(len(mean))
         precision = np.linalg.inv(corr) / np.outer(scale, scale)
-        model = cls(mean, precision, 0.0)
+        span = np.quantile(x, 0.995, axis=0) - np.quantile(x, 0.005, axis=0) + 1e-3
+        model = cls(mean, precision, 0.0, x.min(axis=0) - range_margin * span, x.max(axis=0) + range_margin * span)
         model.limit = float(np.quantile(model.distance(x), quantile) * margin)
         return model
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.round(6).tolist(), "precision": self.precision.round(6).tolist(),
-                "limit": round(self.limit, 3)}
+                "limit": round(self.limit, 3), "low": self.low.round(6).tolist(), "high": self.high.round(6).tolist()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Familiarity:
-        return cls(np.array(data["mean"]), np.array(data["precision"]), float(data["limit"]))
+        low, high = data.get("low"), data.get("high")  # an older artifact has no ranges: distance only
+        return cls(np.array(data["mean"]), np.array(data["precision"]), float(data["limit"]),
+                   None if low is None else np.array(low), None if high is None else np.array(high))
 
 
 class LocalDetector:
@@ -198,6 +212,13 @@ class LocalDetector:
             return abstention(self.model, started, "unfamiliar",
                               f"the image is unlike the training images (distance {distance:.0f}, "
                               f"limit {self.familiarity.limit:.0f})")
+        outside = self.familiarity.outside(analysis.features)
+        if outside.size:
+            i = int(outside[0])
+            return abstention(self.model, started, "unfamiliar",
+                              f"the image is unlike the training images ({FEATURE_NAMES[i]} "
+                              f"{float(analysis.features[i]):.3g} outside its training range "
+                              f"{self.familiarity.low[i]:.3g} to {self.familiarity.high[i]:.3g})")
         probabilities = self.probabilities(analysis.features)
         scale = image.scale  # the pixels may be a reduced copy of the image: boxes go back to its own pixels
         boxes = {

@@ -17,6 +17,9 @@ Nothing here assumes a belt colour, an image size or a lighting:
    cracks are darker than most of the ring but not all of it (a line leaves the ring twice); chocolate chips
    and other dark inclusions are darker than the whole ring (a blob); blisters are brighter than most of the
    ring on the smallest colour channel, and large; sugar crystals and seeds are small bright specks.
+7. Dark lines among dark inclusions: the connected components of the pixels darker than the dough around them,
+   by shape (a crack is long and thin, or curved; a chip or nut is compact), so chocolate dough with chips still
+   shows its cracks.
 The classifier on top (services/vision/detector.py, a small neural network in numpy) is trained by
 services/vision/training/train.py on broadly randomised renders, and retrained from a plant's own images.
 """
@@ -58,6 +61,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "bright_specks",
     "noise",
     "belt_spread",
+    "dark_line_length",
+    "dark_line_total",
+    "dark_line_ratio",
+    "dark_line_width",
+    "dark_blob_count",
 )
 
 SEG = 128  # working frame: longer side, pixels
@@ -66,6 +74,7 @@ _RAYS = 64
 _BORDER = 3
 _ANGLES = np.linspace(0.0, 2 * np.pi, _RAYS, endpoint=False)
 _COS, _SIN = np.cos(_ANGLES), np.sin(_ANGLES)
+_SAME_COLOUR = 0.1  # dough and belt closer than this share of the dough's brightness: the frame is all dough
 _CROP_MARGIN = 1.08  # crop half-side relative to the cookie's largest radius
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -123,6 +132,58 @@ def _blur(image: np.ndarray, radius: int) -> np.ndarray:
     out += padded[:-k, :-k]
     out /= float(k * k)
     return out
+
+
+_RINGS = 16  # dough brightness profile from the centre to the outline
+_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each pair once
+
+
+def _components(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-connected components of a sparse mask: per component its pixel count, the length and width of the
+    line it is (sqrt(12 x variance) along and across its principal axis: a segment of length L gives L) and the
+    highest of `values` in it.
+
+    Labelled on the mask's pixels only (a few hundred), by min-label propagation with pointer jumping."""
+    ys, xs = np.nonzero(mask)
+    n = ys.size
+    if n == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return empty, empty, empty, empty
+    h, w = mask.shape
+    index = np.full((h + 2, w + 2), -1, dtype=np.intp)
+    index[ys + 1, xs + 1] = np.arange(n)
+    pairs_a, pairs_b = [], []
+    for dy, dx in _NEIGHBOURS:
+        other = index[ys + 1 + dy, xs + 1 + dx]
+        linked = other >= 0
+        pairs_a.append(np.flatnonzero(linked))
+        pairs_b.append(other[linked])
+    a = np.concatenate(pairs_a)
+    b = np.concatenate(pairs_b)
+    labels = np.arange(n)
+    while True:
+        low = np.minimum(labels[a], labels[b])
+        before = labels.copy()
+        np.minimum.at(labels, a, low)
+        np.minimum.at(labels, b, low)
+        labels = labels[labels]
+        labels = labels[labels]
+        if np.array_equal(labels, before):
+            break
+    _, comp = np.unique(labels, return_inverse=True)
+    count = np.bincount(comp).astype(np.float64)
+    fy, fx = ys.astype(np.float64), xs.astype(np.float64)
+    my, mx = np.bincount(comp, fy) / count, np.bincount(comp, fx) / count
+    vyy = np.bincount(comp, fy * fy) / count - my * my
+    vxx = np.bincount(comp, fx * fx) / count - mx * mx
+    vxy = np.bincount(comp, fx * fy) / count - mx * my
+    mid = (vxx + vyy) / 2
+    root = np.sqrt(np.maximum(((vxx - vyy) / 2) ** 2 + vxy * vxy, 0.0))
+    length = np.sqrt(12.0 * (mid + root) + 1.0)  # + 1: a single pixel is 1 px long and wide
+    width = np.sqrt(12.0 * np.maximum(mid - root, 0.0) + 1.0)
+    peak = np.zeros(count.size, dtype=np.float64)
+    np.maximum.at(peak, comp, values[ys, xs])
+    return count, length, width, peak
 
 
 def _ring(radius: int) -> list[tuple[int, int]]:
@@ -380,6 +441,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     cookie = rho < outline - 1.0
     interior = rho < 0.86 * outline
     rim = cookie & ~interior
+    inner = rho < 0.93 * outline  # cracks run into the rim
     area = float(np.count_nonzero(interior))
     if area < 200:
         raise NoCookieError("the object is too small to be a cookie")
@@ -394,6 +456,10 @@ def analyse(pixels: np.ndarray) -> Analysis:
     total = max(float(median.sum()), 1.0)
     if not (median[0] >= 0.9 * median[2] and median[0] >= 0.8 * median[1]):
         raise AbstainError("the object is not dough-coloured", "not_dough")
+    if float(np.linalg.norm(median - belt_centre)) < _SAME_COLOUR * dough_luma:
+        # what surrounds the object has the dough's own colour: dough fills the frame (a cookie seen far too
+        # close), and the "object" is a blister, crack or chip on it
+        raise AbstainError("the object has the colour of its surroundings: dough fills the frame", "too_close")
     luma = (crop @ _LUMA) / dough_luma
     dough_rel = luma[interior]
     sample = np.ascontiguousarray(dough_rel[::2])
@@ -410,6 +476,33 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # long: a line pixel with several more within a few pixels (a crack), not an isolated speck
     long_line = (_blur(line_low.astype(np.float32), 3) > 0.16) & line_low
     noise = _median(np.abs(capped - centre)[interior])
+    # Dark lines among dark inclusions (dark dough, chips, nuts), relative to the dough around each pixel: the
+    # dark pixels' connected components by shape. A crack is a long thin component (length several times its
+    # width, or curved); a chocolate chip or nut is a compact blob (width about its length), two touching chips a
+    # short one. First the dough's brightness by distance from the centre (16 rings): the browner rim, a dark
+    # ring, would join every crack reaching it into one round component; and the outline may include a shadow,
+    # so the lines are looked for inside the first outer ring that turns dark.
+    ring_of = np.minimum((rho / np.maximum(outline, 1.0) * _RINGS).astype(np.intp), _RINGS)
+    ring_sum = np.bincount(ring_of[cookie], weights=capped[cookie], minlength=_RINGS + 1)
+    ring_n = np.bincount(ring_of[cookie], minlength=_RINGS + 1)
+    profile_luma = (ring_sum / np.maximum(ring_n, 1)).astype(np.float32)
+    reference = _median(profile_luma[:_RINGS // 2])
+    dim = np.flatnonzero(profile_luma[_RINGS // 2:_RINGS] < 0.92 * reference)
+    edge_ring = _RINGS // 2 + int(dim[0]) if dim.size else _RINGS
+    # capped at the dough's own level: a bright nut or blister must not make the dough around it look dark
+    flat = np.where(cookie, np.minimum(capped / np.maximum(profile_luma[ring_of], np.float32(0.2)), np.float32(1.0)),
+                    np.float32(1.0))
+    local = np.maximum(_blur(flat, 7), np.float32(0.2))
+    darkness = np.maximum(np.float32(1.0) - _blur(flat, 1) / local, np.float32(0.0))
+    # hysteresis: a component counts when part of it is clearly dark
+    dark_mask = (darkness > 0.1) & inner & (ring_of < edge_ring)
+    count, length, thickness, peak = _components(dark_mask, darkness)
+    clear = peak > 0.2
+    # thin: long for its width, or curved (it fills little of the ellipse its spread describes)
+    sized = clear & (count >= 6) & (length >= 10.0)
+    mean_width = count / np.maximum(length, 1.0)
+    thin = sized & (((length >= 2.8 * thickness) & (mean_width <= 4.5)) | (count <= 0.7 * length * thickness))
+    compact = clear & (count >= 4) & ~thin
 
     # Blisters lift the dough towards white: its weakest channel (blue) rises far more than its strongest
     # (red). "Lift" = weakest channel / dough's, over strongest channel / dough's: 1 on dough, about 2 on a
@@ -458,6 +551,11 @@ def analyse(pixels: np.ndarray) -> Analysis:
             _per_1000(int(np.count_nonzero(specks)), area),
             noise,
             spread / max(belt_luma, 4.0),
+            float(np.log1p(length[thin].max() if thin.any() else 0.0)),
+            float(np.log1p(length[thin].sum() * 100.0 / np.sqrt(area))),
+            float(np.max((length / thickness)[sized], initial=1.0)),
+            float(np.min(mean_width[sized], initial=8.0)),
+            _per_1000(int(np.count_nonzero(compact)), area),
         ],
         dtype=np.float32,
     )

@@ -226,7 +226,7 @@ def train_line(images: Path, labels: Path, base_path: Path, seed: int = 1, test_
                                     before)
     report_after, lowest = scores_table(f"new model {version}, the same held-out images", y_test, after)
     report = (f"{len(items)} labelled images: {len(fit)} to learn from, {len(test)} held out "
-              f"(abstained on {abstained_fit} and {abstained_test}: the pipeline found no cookie)\n\n"
+              f"(the detector abstained on {abstained_fit} and {abstained_test} of them)\n\n"
               f"{report_before}\n\n{report_after}\n\nlowest precision or recall on held-out images: {lowest:.3f}")
     return artifact, report
 
