@@ -113,6 +113,10 @@ def test_votes_on_feedback_reach_the_next_dataset(
     assert [r["recommendation_id"] for r in review] == [torque["id"]]
     assert review[0]["comments"] == ["the belt was fine, it was the flour"]
     assert first["review"] == 1
+    # the upvote also teaches the advisor's own prompt (the local model's exemplars); the downvote does not
+    exemplars = [json.loads(line) for line in (out / "advisor_exemplars.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in exemplars] == [f"history:{hot['id']}"]
+    assert exemplars[0]["question"].startswith("Category: ") and "230.0" in exemplars[0]["question"]
 
     # two more operators find the torque advice helpful after all: the next run learns it, the review item goes
     producer.produce("feedback.v1", torque["id"], vote("f3", torque["id"], 1, "carla"))
@@ -121,4 +125,6 @@ def test_votes_on_feedback_reach_the_next_dataset(
     second = run_prepare(out, settings, monkeypatch, capsys)
     assert "history" in second["ran"] and "extract" not in second["ran"]  # the documents did not change
     assert f"history:{torque['id']}" in examples(out) and second["review"] == 0
+    exemplars = (out / "advisor_exemplars.jsonl").read_text()
+    assert f"history:{torque['id']}" in exemplars and f"history:{hot['id']}" in exemplars
     assert second["dataset_id"] != first["dataset_id"]
