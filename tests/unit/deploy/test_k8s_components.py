@@ -156,6 +156,11 @@ def test_every_service_reaches_kafka_and_dns_and_is_scraped(rendered: list[dict]
         assert allowed(policies, labels[service], "ingress", prometheus, METRICS), service
         # Prometheus reaches /metrics alone: the API port stays closed to the monitoring namespace.
         assert not allowed(policies, labels[service], "ingress", prometheus, HTTP), service
+        # ... and only Prometheus reaches the metrics port: not the other services, not the ingress controller.
+        assert not reachable_from(rendered, service, Peer("ingress-nginx", {"app": "ingress-nginx"}), METRICS)
+        for other in SERVICES:
+            if other != service:
+                assert not can_call(rendered, other, service, METRICS), (other, service)
         assert not allowed(policies, labels[service], "egress", Peer("default", {"app": "x"}), 5432), service
 
 
