@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,7 @@ def main() -> int:
         sup.stop_all()
         if model is not None:
             model.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     worst: dict[str, float] = {}
     for r in results:
         worst[r["service"]] = max(worst.get(r["service"], 0.0), r["seconds"])
