@@ -146,7 +146,7 @@ def camera_station(line: Any) -> str | None:
 
 
 async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_name: str, index: int,
-                      token: str) -> tuple[Any, Any, list[Any], Any]:
+                      token: str, camera_tasks: set[Any] | None = None) -> tuple[Any, Any, list[Any], Any]:
     """One line's simulation, control API and emitters: (runner, API runner, closers, ground truth log)."""
     from simulator.clock import SimClock
     from simulator.control_api import start_control_api
@@ -201,7 +201,7 @@ async def _start_line(args: argparse.Namespace, plant: Any, line: Any, scenario_
                            station=station)
         if made:
             hook, camera_closer = made
-            emitters.append(CookieHooks([hook]))
+            emitters.append(CookieHooks([hook], in_flight=camera_tasks))  # one bound for every line's camera
             closers.append(camera_closer)
 
     event(log, "simulation_started", scenario=scenario.name, speed=args.speed, seed=sim.seed, line=line.id,
@@ -227,6 +227,7 @@ async def run_simulation(args: argparse.Namespace) -> int:
               hint="LINEGUARD_CONTROL_API_TOKEN is not set; using the documented development token")
 
     started: list[tuple[Any, Any, list[Any], Any]] = []
+    camera_tasks: set[Any] = set()  # the images of every line in flight to the vision intake, bounded together
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -234,7 +235,7 @@ async def run_simulation(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop_event.set)
     try:
         for index, line in enumerate(lines, start=1):
-            started.append(await _start_line(args, plant, line, scenarios[line.id], index, token))
+            started.append(await _start_line(args, plant, line, scenarios[line.id], index, token, camera_tasks))
             runner = started[-1][0]
             runner.stop_event = stop_event  # one stop for every line
             await runner.start()

@@ -32,15 +32,18 @@ class CookieHooks:
     """Calls every hook for each cookie that passes under the detector (the camera plugs in here).
 
     Hooks run as tasks, at most `max_in_flight` at once; when they fall behind, cookies are skipped and counted
-    rather than letting the simulated clock stall.
+    rather than letting the simulated clock stall. Several lines' hooks may share `in_flight` (one set of tasks),
+    so the bound is on all of them together: N lines' cameras post to one vision service at most
+    `max_in_flight` images at a time, not N times that.
     """
 
     name = "cookie-hooks"
 
-    def __init__(self, hooks: list[CookieHook], max_in_flight: int = 8) -> None:
+    def __init__(self, hooks: list[CookieHook], max_in_flight: int = 8,
+                 in_flight: set[asyncio.Task] | None = None) -> None:
         self.hooks = hooks
         self.max_in_flight = max_in_flight
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = in_flight if in_flight is not None else set()
         self.stats: Counter[str] = Counter()
 
     async def start(self, sim: CookieLine) -> None:

@@ -73,3 +73,33 @@ def test_every_generated_line_has_the_reference_lines_camera(tmp_path):
     text = default_plant_path().read_text().replace("inspects: true", "inspects: false")
     (tmp_path / "plant.yaml").write_text(text)
     assert camera_station(next(iter(load_plant(tmp_path / "plant.yaml").lines.values()))) is None
+
+
+def test_the_cameras_of_all_lines_share_one_bound_on_images_in_flight():
+    import asyncio
+    from types import SimpleNamespace
+
+    from simulator.emitters import CookieHooks
+
+    async def scenario() -> tuple[int, int, int]:
+        release = asyncio.Event()
+        posted: list[str] = []
+
+        async def camera(sim: object, cookie: SimpleNamespace) -> None:
+            posted.append(cookie.item_id)
+            await release.wait()
+
+        shared: set = set()
+        lines = [CookieHooks([camera], max_in_flight=4, in_flight=shared) for _ in range(3)]
+        for n, hooks in enumerate(lines):  # three lines, three cookies each at the same moment
+            cookies = [SimpleNamespace(item_id=f"line{n + 1}-{i}") for i in range(3)]
+            await hooks.on_tick(None, SimpleNamespace(detected=cookies))
+        await asyncio.sleep(0)
+        in_flight = len(shared)
+        release.set()
+        for hooks in lines:
+            await hooks.stop(None)
+        return in_flight, len(posted), sum(h.stats["skipped"] for h in lines)
+
+    in_flight, posted, skipped = asyncio.run(scenario())
+    assert (in_flight, posted, skipped) == (4, 4, 5)  # 9 cookies, 4 at once for all lines together, 5 skipped
