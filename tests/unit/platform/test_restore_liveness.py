@@ -74,6 +74,8 @@ def test_a_slow_restore_stays_alive_while_it_reads_and_a_stuck_one_fails_livez()
         def check() -> None:
             _wait(lambda: rt.port is not None)
             restore.moving.set()
+            # The first batch read (on a loaded machine the restore's thread may not have run yet)
+            _wait(lambda: (probe()[3].get("restore") or [{}])[0].get("records_read", 0) > 0)
             # Moving: alive for well over liveness_timeout_s (0.3 s) and over the stall timeout (1 s) in all.
             started = time.monotonic()
             while time.monotonic() - started < 2.5:
