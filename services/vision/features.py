@@ -170,7 +170,8 @@ def _components(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
         labels = labels[labels]
         if np.array_equal(labels, before):
             break
-    _, comp = np.unique(labels, return_inverse=True)
+    # every label is its component's root (the smallest index in it): number the roots in order, no sort
+    comp = np.cumsum(labels == np.arange(n))[labels] - 1
     count = np.bincount(comp).astype(np.float64)
     fy, fx = ys.astype(np.float64), xs.astype(np.float64)
     my, mx = np.bincount(comp, fy) / count, np.bincount(comp, fx) / count
@@ -483,17 +484,25 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # ring, would join every crack reaching it into one round component; and the outline may include a shadow,
     # so the lines are looked for inside the first outer ring that turns dark.
     ring_of = np.minimum((rho / np.maximum(outline, 1.0) * _RINGS).astype(np.intp), _RINGS)
-    ring_sum = np.bincount(ring_of[cookie], weights=capped[cookie], minlength=_RINGS + 1)
-    ring_n = np.bincount(ring_of[cookie], minlength=_RINGS + 1)
+    in_cookie = ring_of[cookie]
+    ring_sum = np.bincount(in_cookie, weights=capped[cookie], minlength=_RINGS + 1)
+    ring_n = np.bincount(in_cookie, minlength=_RINGS + 1)
     profile_luma = (ring_sum / np.maximum(ring_n, 1)).astype(np.float32)
     reference = _median(profile_luma[:_RINGS // 2])
     dim = np.flatnonzero(profile_luma[_RINGS // 2:_RINGS] < 0.92 * reference)
     edge_ring = _RINGS // 2 + int(dim[0]) if dim.size else _RINGS
     # capped at the dough's own level: a bright nut or blister must not make the dough around it look dark
-    flat = np.where(cookie, np.minimum(capped / np.maximum(profile_luma[ring_of], np.float32(0.2)), np.float32(1.0)),
-                    np.float32(1.0))
-    local = np.maximum(_blur(flat, 7), np.float32(0.2))
-    darkness = np.maximum(np.float32(1.0) - _blur(flat, 1) / local, np.float32(0.0))
+    flat = profile_luma[ring_of]
+    np.maximum(flat, np.float32(0.2), out=flat)
+    np.divide(capped, flat, out=flat)
+    np.minimum(flat, np.float32(1.0), out=flat)
+    flat[~cookie] = 1.0
+    local = _blur(flat, 7)
+    np.maximum(local, np.float32(0.2), out=local)
+    darkness = _blur(flat, 1)
+    darkness /= local
+    np.subtract(np.float32(1.0), darkness, out=darkness)
+    np.maximum(darkness, np.float32(0.0), out=darkness)
     # hysteresis: a component counts when part of it is clearly dark
     dark_mask = (darkness > 0.1) & inner & (ring_of < edge_ring)
     count, length, thickness, peak = _components(dark_mask, darkness)
