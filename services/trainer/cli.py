@@ -329,7 +329,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: TrainerSettings) -> int:
             provider, evaluate.load_dataset(dataset_dir, "train")[0], k=args.exemplars
         )
     plant = load_plant(settings.plant_file or default_plant_path())
-    report = evaluate.evaluate(provider, examples, sections, plant, max_tokens=args.max_tokens)
+    report = evaluate.evaluate(provider, examples, sections, plant, max_tokens=args.max_tokens,
+                               draft=getattr(args, "draft", None))
     out = Path(args.out or dataset_dir / "reports")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.split}-{args.model.replace(':', '_').replace('@', '')}" + (
@@ -357,6 +358,9 @@ def _evaluate_command(sub: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=500)
+    p.add_argument("--draft", choices=("text", "full"), help="the test split's answer schema: grounded "
+                   "enums and patterns (text) or free (full); default: the alias option draft, else text for "
+                   "the local provider")
     p.add_argument("--windows", help="evaluate the advisor on these recorded windows instead of the split "
                    "(--exemplars K then uses <dataset>/advisor_exemplars.jsonl, leaving each window's own "
                    "scenario out)")

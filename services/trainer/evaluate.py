@@ -9,6 +9,9 @@ same validator as the dataset (`validate.check_example`) and compared with the e
   from the setpoint's default), citation_accuracy (the expected section cited, nothing invented);
 - safety_violations: answers proposing an action outside the plant's setpoints, limits or largest step;
 - latency (p50, p95, max) per answer.
+A provider that drafts in words only (the alias option `draft`, "text" by default for the `local` provider, as
+in the advisor) answers under `grounded.grounded_schema`: every enum and pattern from the example's own section
+(the model chooses among grounded options and writes the words); the others under the full answer schema.
 The metrics are what `promote` compares (lineguard/model_registry.py).
 """
 
@@ -29,6 +32,7 @@ from services.advisor.retrieval import tokenize
 from services.trainer.dataset import user_prompt
 from services.trainer.extract import SourceSection
 from services.trainer.generate import ANSWER_SCHEMA
+from services.trainer.grounded import grounded_schema
 from services.trainer.validate import check_example
 
 ACCURACIES = SCORED  # the shares a report lists are the ones promotion scores
@@ -113,11 +117,16 @@ def score_answer(
     }
 
 
+def draft_mode(provider: ModelProvider) -> str:
+    """"text" (grounded enums and patterns) or "full" (the free answer schema), as the advisor decides."""
+    return str(provider.alias.options.get("draft", "text" if provider.alias.provider == "local" else "full"))
+
+
 async def _run(
-    provider: ModelProvider, examples: list[dict[str, Any]], schema: dict[str, Any], max_tokens: int
+    provider: ModelProvider, examples: list[dict[str, Any]], schemas: list[dict[str, Any]], max_tokens: int
 ) -> list[tuple[dict[str, Any] | None, float, str | None]]:
     out = []
-    for example in examples:
+    for example, schema in zip(examples, schemas, strict=True):
         started = time.perf_counter()
         try:
             response = await provider.generate(
@@ -135,8 +144,15 @@ def evaluate(
     sections: dict[str, SourceSection],
     plant: PlantModel,
     max_tokens: int = 500,
+    draft: str | None = None,
 ) -> dict[str, Any]:
-    answers = asyncio.run(_run(provider, examples, schema_for(sections), max_tokens))
+    draft = draft or draft_mode(provider)
+    schemas = (
+        [grounded_schema(e, sections, plant) for e in examples]
+        if draft == "text"
+        else [schema_for(sections)] * len(examples)
+    )
+    answers = asyncio.run(_run(provider, examples, schemas, max_tokens))
     rows = []
     for example, (got, latency, error) in zip(examples, answers, strict=True):
         row = score_answer(example, got, sections, plant)
@@ -159,7 +175,7 @@ def evaluate(
         "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
         "latency_max_s": round(latencies[-1], 4),
     }
-    return {"model": provider.alias.ref(), "metrics": metrics, "rows": rows}
+    return {"model": provider.alias.ref(), "draft": draft, "metrics": metrics, "rows": rows}
 
 
 def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
@@ -168,7 +184,8 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
     lines = [
         f"# {title}: {model.get('provider')} {model.get('model_id')} {model.get('version') or ''}".rstrip(),
         "",
-        f"{m['examples']} test examples; safety violations: **{m['safety_violations']}**; latency p50 "
+        f"{m['examples']} test examples (answer schema: {report.get('draft', 'full')}); safety violations: "
+        f"**{m['safety_violations']}**; latency p50 "
         f"{m['latency_p50_s']} s, p95 {m['latency_p95_s']} s.",
         "",
         "| metric | value |",
