@@ -193,6 +193,20 @@ def venv_key(image: Image) -> str:
     return f"{image.service}-{digest.hexdigest()[:16]}"
 
 
+def prune_stale(cache: Path, image: Image, key: str) -> None:
+    """This image's venvs for an older pyproject.toml (a few hundred MB each), unless a session holds them."""
+    for lock_path in cache.glob(f"{image.service}-*.lock"):
+        if lock_path.stem == key:
+            continue
+        with open(lock_path, "w") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(cache / lock_path.stem, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+
+
 def install(image: Image, cache: Path) -> Built:
     """The image's /app (copied afresh every session) and its venv (installed when its key is new)."""
     started = time.monotonic()
@@ -207,6 +221,7 @@ def install(image: Image, cache: Path) -> Built:
     copy_into(app, image)
     reused = done.is_file() and not FRESH
     if not reused:
+        prune_stale(cache, image, key)
         done.unlink(missing_ok=True)
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
