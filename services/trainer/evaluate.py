@@ -157,6 +157,7 @@ def evaluate(
     for example, (got, latency, error) in zip(examples, answers, strict=True):
         row = score_answer(example, got, sections, plant)
         row["latency_s"] = round(latency, 4)
+        row["answer"] = got  # as the model wrote it, to be read by hand
         if error and not got:
             row["errors"] = [error[:200]]
         rows.append(row)

@@ -10,7 +10,8 @@ only what the validator (`validate.check_example`) accepts:
   names the parameter, within the plant's limits and largest step; none (an empty array) otherwise;
 - title, summary, root cause: the advisor's `text_pattern` over the sections' vocabulary (the advisor's
   `grounded_vocabulary`: numbers only the sections', with their units; machines only those the sections name;
-  change verbs only in the allowed action's direction, none when no change is allowed).
+  change verbs only in the allowed action's direction, none when no change is allowed), less the advisor's
+  common words the sections do not use: every content word is the sections' own, so the text is supported.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lineguard.plant import PlantModel
 from services.advisor.analysis import Analysis, ProposedAction
 from services.advisor.prose import NUMBER, _sentences, grounded_vocabulary, machine_words, text_pattern
 from services.advisor.recommend import CATEGORIES, SEVERITIES, TEXT_LIMITS, prose_problem
+from services.advisor.retrieval import tokenize
 from services.trainer.extract import SourceSection
 
 MAX_STEPS = 3
@@ -101,6 +103,10 @@ def grounded_schema(
     pseudo = Analysis(line_id=line_id, window_start=0, window_end=0, findings=[], title=" ".join(f"{s.title} {s.section}" for s in cited),
                       steps=texts, actions=actions)
     words, numbers = grounded_vocabulary(pseudo, [], plant)
+    # only the sections' own content words (and function words): the validator wants the root cause supported
+    # by the cited text, so the advisor's common words ("operator", "inspect") are not offered here
+    support = {t for s in cited for t in tokenize(f"{s.title} {s.section} {s.text}")}
+    words = {w for w in words if all(t in support for t in tokenize(w))}
     # the sections the prompt quotes (one per SOP question today: the own section, which check_example requires)
     references = {"type": "array", "minItems": 1, "maxItems": min(2, max(1, len(refs))),
                   "items": {"type": "string", "enum": refs or ["none"]}}

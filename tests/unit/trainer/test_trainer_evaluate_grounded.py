@@ -63,6 +63,7 @@ def test_each_schema_offers_only_its_own_section(dataset: Path) -> None:
     assert not fits(summary, "Raise the water ratio when the humidity is high.")  # against the action
     assert not fits(summary, "The oven zone is too hot for the dough.")  # a machine the section does not name
     assert not fits(summary, "Lower the water ratio to 26% now.")  # a number after "to" reads as a target
+    assert not fits(schema["root_cause"]["pattern"], "The operator must inspect the water ratio.")  # not its words
 
 
 def words_answer(request: ModelRequest) -> dict[str, Any]:
