@@ -4,7 +4,7 @@ The advisor's principle ("facts from the data, words from the model", services/a
 an SOP question: the schema's enums and patterns come from the sections the prompt quotes, so the grammar offers
 only what the validator (`validate.check_example`) accepts:
 - references: the sections in the prompt (today only the example's own, so it is always cited);
-- steps: sentences of those sections that read as prose (enum: the model chooses and orders them);
+- steps: 1 to 3 distinct sentences of those sections that read as prose, in their order (the model chooses);
 - category and severity: the valid ones (enum: the model chooses);
 - proposed_actions: only a setpoint value a section states as a target ("from 28% to 26%") in a sentence that
   names the parameter, within the plant's limits and largest step; none (an empty array) otherwise;
@@ -17,6 +17,7 @@ only what the validator (`validate.check_example`) accepts:
 from __future__ import annotations
 
 import re
+from itertools import combinations
 from typing import Any
 
 from lineguard.plant import PlantModel
@@ -27,6 +28,7 @@ from services.advisor.retrieval import tokenize
 from services.trainer.extract import SourceSection
 
 MAX_STEPS = 3
+MAX_STEP_CHOICES = 130  # ordered choices of 1-3 steps offered as alternatives (8 sentences: 92)
 
 
 def prompt_sections(example: dict[str, Any], sections: dict[str, SourceSection]) -> list[str]:
@@ -76,6 +78,24 @@ def stated_actions(texts: list[str], plant: PlantModel, line_id: str) -> list[Pr
     return list(actions.values())
 
 
+def _steps_schema(steps: list[str]) -> dict[str, Any]:
+    """1 to 3 distinct sentences in the section's order, each choice an alternative (llama.cpp's grammar ignores
+    `uniqueItems`, and a small model repeats a sentence); a plain enum when there are too many choices."""
+    choices = [c for k in range(1, MAX_STEPS + 1) for c in combinations(steps, k)]
+    if len(steps) < 2 or len(choices) > MAX_STEP_CHOICES:
+        return {"type": "array", "minItems": 1, "maxItems": min(MAX_STEPS, max(1, len(steps))),
+                "items": {"type": "string", "enum": steps}}
+    return {"anyOf": [{"type": "array", "prefixItems": [{"type": "string", "enum": [step]} for step in choice],
+                       "minItems": len(choice), "maxItems": len(choice)} for choice in choices]}
+
+
+def step_choices(schema: dict[str, Any]) -> list[list[str]]:
+    """The step lists a schema of `_steps_schema` allows."""
+    if "anyOf" in schema:
+        return [[item["enum"][0] for item in option["prefixItems"]] for option in schema["anyOf"]]
+    return [[step] for step in schema["items"]["enum"]]
+
+
 def _action_schema(actions: list[ProposedAction]) -> dict[str, Any]:
     if not actions:
         return {"type": "array", "maxItems": 0, "items": {"type": "object"}}
@@ -119,8 +139,7 @@ def grounded_schema(
             "severity": {"type": "string", "enum": list(SEVERITIES)},
             "root_cause": {"type": "string",
                            "pattern": text_pattern(words, numbers, *TEXT_LIMITS["root_cause"])},
-            "steps": {"type": "array", "minItems": 1, "maxItems": min(MAX_STEPS, max(1, len(steps))),
-                      "items": {"type": "string", "enum": steps}},
+            "steps": _steps_schema(steps),
             "proposed_actions": _action_schema(actions),
             "references": references,
         },

@@ -14,7 +14,7 @@ from services.advisor.models import ModelAlias, ModelRequest, ScriptedProvider
 from services.advisor.prose import TARGET_WORDS
 from services.trainer.evaluate import evaluate, load_dataset
 from services.trainer.generate import make_generator
-from services.trainer.grounded import grounded_schema
+from services.trainer.grounded import grounded_schema, step_choices
 from services.trainer.pipeline import Prepare, PrepareOptions
 from services.trainer.validate import check_example
 
@@ -42,8 +42,11 @@ def test_each_schema_offers_only_its_own_section(dataset: Path) -> None:
         own = sections[example["group"]]
         assert schema["references"]["items"]["enum"] == [example["group"]]
         text = " ".join(own.text.split())
-        steps = schema["steps"]["items"]["enum"]
+        choices = step_choices(schema["steps"])
+        steps = {step for choice in choices for step in choice}
         assert steps and all(step in text for step in steps), example["id"]
+        assert all(len(set(choice)) == len(choice) <= 3 for choice in choices)  # never a step twice
+        assert all(sorted(c, key=text.index) == c for c in choices)  # in the section's order
         assert set(schema["category"]["enum"]) <= {"process_deviation", "equipment_fault", "quality",
                                                     "environment", "sensor_fault"}
         actions = schema["proposed_actions"]
@@ -70,7 +73,8 @@ def words_answer(request: ModelRequest) -> dict[str, Any]:
     """What a model inside the grammar can write: the first enum choices, and texts made of the first step's
     words that the pattern offers (checked against it)."""
     schema = request.schema["properties"]
-    step = schema["steps"]["items"]["enum"][0]
+    choice = max(step_choices(schema["steps"]), key=len)
+    step = choice[0]
     texts = {}
     for key, most in (("title", 10), ("summary", 20), ("root_cause", 20)):
         pattern = schema[key]["pattern"]
@@ -81,7 +85,7 @@ def words_answer(request: ModelRequest) -> dict[str, Any]:
     actions = schema["proposed_actions"]
     chosen = [{k: v["enum"][0] for k, v in actions["items"]["properties"].items()}] if actions["maxItems"] else []
     return {**texts, "category": schema["category"]["enum"][0], "severity": schema["severity"]["enum"][0],
-            "steps": schema["steps"]["items"]["enum"][:3], "proposed_actions": chosen,
+            "steps": choice, "proposed_actions": chosen,
             "references": schema["references"]["items"]["enum"][:1]}
 
 
