@@ -38,5 +38,6 @@ class TrainerSettings(Settings):
         help="The model registry: a file path or s3://bucket/key.json.",
     )
     advisor_model_aliases: str | None = env_field(
-        None, env="LINEGUARD_ADVISOR_MODEL_ALIASES", help="The advisor's alias table (JSON or a .json file)."
+        # the advisor's own variable: one alias table serves the service and its trainer
+        None, env="LINEGUARD_MODEL_ALIASES", help="The advisor's alias table (JSON or a .json file)."
     )
