@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--services", nargs="+", default=["normalizer", "advisor"])
     args = parser.parse_args()
+    # SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so the finally blocks stop the broker and the workers,
+    # which run in sessions of their own and would otherwise outlive the benchmark
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     port = free_port()
     broker = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
