@@ -12,17 +12,13 @@ every cookie at the camera crossed zone 2 after the change). One step of 15 C ta
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from datetime import datetime
 
 import pytest
+from lineguard_up import LineguardUp
 from polling import wait_for
 
 from lineguard.embedded import SERVICE_PORTS, SIMULATOR_PORT, free_port, port_open
@@ -65,31 +61,17 @@ def test_an_approved_zone_setpoint_change_lowers_the_burnt_rate(tmp_path) -> Non
     busy = [p for p in [*SERVICE_PORTS.values(), SIMULATOR_PORT] if port_open("127.0.0.1", p)]
     assert not busy, f"ports {busy} are in use: is another `lineguard up` running?"
     kafka_port, mqtt_port = free_port(), free_port()
-    log_path = tmp_path / "up.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed at the end
-    proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", "up", "--kafka-port", str(kafka_port),
-                             "--mqtt-port", str(mqtt_port), "--scenario", "oven_zone_overheat", "--speed",
-                             str(SPEED), "--ready-timeout", "150"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            # the advisor's analysis proposes the step at once (the local model's text is not
-                            # what this test is about, and it takes a minute a window on a busy machine)
-                            env={**os.environ, "LINEGUARD_LOG_LEVEL": "WARNING",
-                                 "LINEGUARD_MODEL_ALIAS": "analysis-only"})
-    ready = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            log.write(line)
-            log.flush()
-            if line.startswith("lineguard | ready in"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    up = LineguardUp(["--kafka-port", str(kafka_port), "--mqtt-port", str(mqtt_port), "--scenario",
+                      "oven_zone_overheat", "--speed", str(SPEED), "--ready-timeout", "150"],
+                     tmp_path / "up.log",
+                     # the advisor's analysis proposes the step at once (the local model's text is not what this
+                     # test is about, and it takes a minute a window on a busy machine)
+                     {"LINEGUARD_LOG_LEVEL": "WARNING", "LINEGUARD_MODEL_ALIAS": "analysis-only"})
+    log_path = up.log_path
     started = time.monotonic()
     try:
         # A first start on a fresh checkout (cold imports, eight processes on two cores) can take minutes.
-        assert wait_for(lambda: ready.is_set() or proc.poll() is not None, 180, 0.2) and ready.is_set(), \
-            log_path.read_text()[-5000:]
+        assert up.wait_ready(180), up.tail()
 
         # The advisor proposes lowering zone 2 by one step; it waits for an operator.
         def pending_zone2() -> list[dict]:
@@ -137,11 +119,4 @@ def test_an_approved_zone_setpoint_change_lowers_the_burnt_rate(tmp_path) -> Non
         assert n_before >= 25 and n_after >= 40
         assert before > 0.8 and after < before - 0.12
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: the supervisor stops every child
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        time.sleep(0.2)
-        log.close()
+        up.stop(60)

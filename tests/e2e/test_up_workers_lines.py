@@ -9,16 +9,12 @@ clean stop (exit 0, every process it started gone, none killed for outliving its
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from lineguard_up import LineguardUp
 from metrics_text import by_partition, scrape, total
 from polling import wait_for
 
@@ -78,32 +74,19 @@ def test_up_with_two_workers_and_three_lines(tmp_path: Path) -> None:
     busy = [p for p in ports if port_open("127.0.0.1", p)]
     assert not busy, f"ports {busy} are in use: is another `lineguard up` running?"
     kafka_port, mqtt_port = free_port(), free_port()
-    log_path = tmp_path / "up.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed at the end
-    proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", "up", "--kafka-port", str(kafka_port),
-                             "--mqtt-port", str(mqtt_port), "--workers", "2", "--lines", str(len(LINES)),
-                             "--speed", str(SPEED), "--ready-timeout", "150"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            # the analysis proposes at once (the local model's text is not what this is about);
-                            # 2-minute windows close every 4 s at this speed
-                            env={**os.environ, "LINEGUARD_LOG_LEVEL": "WARNING",
-                                 "LINEGUARD_MODEL_ALIAS": "analysis-only", "LINEGUARD_WINDOW_S": "120"})
-    up_ready = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            log.write(line)
-            log.flush()
-            if line.startswith("lineguard | ready in"):
-                up_ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    up = LineguardUp(["--kafka-port", str(kafka_port), "--mqtt-port", str(mqtt_port), "--workers", "2",
+                      "--lines", str(len(LINES)), "--speed", str(SPEED), "--ready-timeout", "150"],
+                     tmp_path / "up.log",
+                     # the analysis proposes at once (the local model's text is not what this is about);
+                     # 2-minute windows close every 4 s at this speed
+                     {"LINEGUARD_LOG_LEVEL": "WARNING", "LINEGUARD_MODEL_ALIAS": "analysis-only",
+                      "LINEGUARD_WINDOW_S": "120"})
+    proc, log_path = up.proc, up.log_path
     started = time.monotonic()
     children: set[int] = set()
     settings = Settings.from_env(environ={"LINEGUARD_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}"})
     try:
-        assert wait_for(lambda: up_ready.is_set() or proc.poll() is not None, 180, 0.2) and up_ready.is_set(), \
-            log_path.read_text()[-5000:]
+        assert up.wait_ready(180), up.tail()
         ready_s = time.monotonic() - started
         children = descendants(proc.pid)
         # Both advisor workers are up, each with line partitions of its own, all of them covered.
@@ -133,17 +116,7 @@ def test_up_with_two_workers_and_three_lines(tmp_path: Path) -> None:
         print(f"\nready in {ready_s:.0f} s, recommendations for {len(LINES)} lines at {recommended_s:.0f} s, "
               f"{len(children)} processes")
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: the supervisor stops every child
-        try:
-            code = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            for pid in descendants(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.wait(10)
-            code = None
-        time.sleep(0.2)
-        log.close()
+        code = up.stop(90, kill_also=lambda: descendants(proc.pid))
     text = log_path.read_text()
     assert code == 0, text[-4000:]
     assert "did not stop within" not in text, text[-4000:]  # none needed SIGKILL
