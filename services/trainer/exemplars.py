@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.advisor.models import ModelProvider, ModelRequest, ModelResponse
-from services.advisor.retrieval import Retriever, Section
+from services.advisor.recommend import Exemplars
 from services.trainer.dataset import user_prompt
 
 
@@ -26,13 +26,13 @@ class ExemplarProvider:
         self.k = k
         self.train = train
         self.answer_chars = answer_chars
-        self.retriever = Retriever(
-            [Section(str(e.get("id")), str(i), "", user_prompt(e), "") for i, e in enumerate(train)]
+        # the advisor's exemplar retrieval (BM25), keyed by each example's prompt as published
+        self.nearest = Exemplars(
+            [{"id": e.get("id"), "question": user_prompt(e), "answer": e["answer"], "example": e} for e in train]
         )
 
     def exemplars(self, prompt: str) -> list[dict[str, Any]]:
-        hits = self.retriever.search(prompt, limit=self.k, min_score=0.0)
-        return [self.train[int(hit.section.section)] for hit in hits]
+        return [item["example"] for item in self.nearest.nearest(prompt, self.k)]
 
     def prompt_with_exemplars(self, prompt: str) -> str:
         parts = []
