@@ -47,9 +47,10 @@ class Restore:
         """`source` (a topic) has read `records` and finished `partitions_done` of `partitions_total` so far."""
         now = time.monotonic()
         with self._lock:
-            before = self._sources.get(source, (0, 0, 0))
+            before = self._sources.get(source)
             self._sources[source] = (records, partitions_done, partitions_total)
-            if records > before[0] or partitions_done > before[1]:
+            # A reader that reports for the first time has connected and been assigned: that is progress too.
+            if before is None or records > before[0] or partitions_done > before[1]:
                 self.last_progress = now
             due = now - self._logged >= self.log_every_s
             if due:

@@ -28,7 +28,7 @@ class SlowRestoringState:
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         for _ in read_topic(self.settings, topics.RAW_TELEMETRY, decode=False):
-            time.sleep(0.01)  # 3 s in all: far longer than the liveness and the stall timeouts
+            time.sleep(0.03)  # 9 s in all: far longer than the liveness and the stall timeouts
             self.samples.append((self.health.alive(), self.health.status()))
         self.restored.set()
 
@@ -40,7 +40,7 @@ class SlowRestoringState:
 
 
 def test_a_restore_on_assignment_keeps_the_loop_alive_while_it_reads(make_settings, create_topics):
-    settings = make_settings(liveness_timeout_s=0.3, restore_stall_timeout_s=1.5)
+    settings = make_settings(liveness_timeout_s=0.3, restore_stall_timeout_s=4.0)
     create_topics(settings)
     producer = Producer(settings)
     for i in range(300):

@@ -127,3 +127,18 @@ def test_outside_a_restore_liveness_follows_the_loop_and_a_finished_restore_rest
     health._last_progress -= 1
     assert not health.alive(), "without a restore, a loop that stops beating fails /livez as before"
     assert current_restore() is None
+
+
+def test_a_reader_reporting_for_the_first_time_counts_as_progress() -> None:
+    """Connecting, reading metadata and being assigned takes a while on a busy broker: the first report of a
+    source (no record yet) restarts the stall clock; a repeated report without records does not."""
+    health = Health("loop", liveness_timeout_s=0.5, restore_stall_timeout_s=1.0)
+    with health.restoring("changelog") as restore:
+        restore.last_progress -= 0.9
+        restore.update("t", 0, 0, 3)
+        assert restore.progress()["seconds_since_progress"] == 0
+        restore.last_progress -= 0.9
+        restore.update("t", 0, 0, 3)
+        assert restore.progress()["seconds_since_progress"] >= 0.9
+        restore.last_progress -= 0.2
+        assert not health.alive(), "a reader that reports but reads nothing is stuck"
