@@ -54,6 +54,7 @@ from services.notifier.engine import (
     short_hash,
     step_recipients,
 )
+from services.notifier.faust_patches import keep_queued_on_resume, rewind_uncommitted, tune_fetch_wait
 from services.notifier.kafka_auth import MskIamTokenProvider, broker_credentials
 from services.notifier.links import Claims, LinkSigner
 from services.notifier.rules import Rules, RulesError, load_rules
@@ -79,27 +80,6 @@ class AvroCodec(Codec):
 
     def _loads(self, s: bytes) -> Any:
         return self.serde.decode(self.topic, s)
-
-
-def tune_fetch_wait(ms: int) -> None:
-    """Faust 0.15 builds its worker consumer with `fetch_max_wait_ms=1500`, fixed. Tansu 0.6 answers a waiting
-    fetch only when that time is up, not when data arrives (measured: aiokafka p50 486 ms with 1500, 19 ms with
-    100), which put up to 1.5 s on every notification. Set the wait on the consumer Faust built, before it starts."""
-    from faust.transport.drivers import aiokafka as driver
-
-    original = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "lineguard_wait_ms", None) == ms:
-        return
-    original = getattr(original, "lineguard_original", original)
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    create.lineguard_wait_ms = ms  # type: ignore[attr-defined]
-    create.lineguard_original = original  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create
 
 
 def _headers(message: Any) -> list[tuple[str, bytes]]:
@@ -186,6 +166,8 @@ class Notifier:
                 raise StartupError(f"the notifier's sources must have one partition count: {name} has "
                                    f"{self.catalog[name].partitions}, {topics.LINE_ALARMS} {partitions}")
         tune_fetch_wait(s.notifier_fetch_max_wait_ms)
+        rewind_uncommitted()
+        keep_queued_on_resume()
         # Faust keeps a data folder (version stamp; table files with RocksDB) at ./<app id>-data by default: in the
         # repository, or on a read-only root filesystem in a pod. The tables live in memory: a temporary folder.
         self.datadir = Path(tempfile.mkdtemp(prefix=f"lineguard-{s.service_name}-faust-"))
