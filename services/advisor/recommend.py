@@ -25,7 +25,7 @@ from lineguard.logs import event, get_logger
 from lineguard.plant import PlantModel
 from lineguard.telemetry import counter, histogram
 from services.advisor.analysis import Analysis, Analyzer, Memory, ProposedAction
-from services.advisor.models import ModelError, ModelProvider, ModelRequest, ModelResponse
+from services.advisor.models import ModelAlias, ModelError, ModelProvider, ModelRequest, ModelResponse
 from services.advisor.prose import check_prose, grounded_vocabulary, text_pattern
 from services.advisor.retrieval import Hit, Retriever, Section
 from services.advisor.window import LineHistory, LineWindow
@@ -57,6 +57,12 @@ def recommendation_id(line_id: str, window_start: int, window_end: int, trigger:
     Immediate triggers are limited to one per window, so their id uses the window, not the moment they fired."""
     digest = hashlib.sha256(f"{line_id}|{window_start}|{window_end}|{trigger}".encode()).hexdigest()[:12]
     return f"rec-{line_id}-{window_start}-{trigger}-{digest}"
+
+
+def draft_mode(alias: ModelAlias) -> str:
+    """What the model drafts: "text" (only the words, under grounded enums and patterns) or "full" (the whole
+    recommendation). The alias option `draft`; by default "text" for the `local` provider, "full" otherwise."""
+    return str(alias.options.get("draft", "text" if alias.provider == "local" else "full"))
 
 
 @dataclass
@@ -405,7 +411,7 @@ class Advisor:
             return Outcome(record, analysis, hits, model_valid=False, fallback=False)
 
         options = self.provider.alias.options
-        words_only = options.get("draft", "text" if provider == "local" else "full") == "text"
+        words_only = draft_mode(self.provider.alias) == "text"
         if words_only:
             system, schema, prompt = TEXT_SYSTEM_PROMPT, text_schema(analysis, hits, self.plant), build_brief(
                 analysis, hits)

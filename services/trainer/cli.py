@@ -330,7 +330,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: TrainerSettings) -> int:
         )
     plant = load_plant(settings.plant_file or default_plant_path())
     report = evaluate.evaluate(provider, examples, sections, plant, max_tokens=args.max_tokens,
-                               draft=getattr(args, "draft", None))
+                               draft=args.draft)
     out = Path(args.out or dataset_dir / "reports")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.split}-{args.model.replace(':', '_').replace('@', '')}" + (

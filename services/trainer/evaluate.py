@@ -27,7 +27,7 @@ from typing import Any
 from lineguard.model_registry import SCORED
 from lineguard.plant import PlantModel
 from services.advisor.models import ModelError, ModelProvider, ModelRequest
-from services.advisor.recommend import SYSTEM_PROMPT
+from services.advisor.recommend import SYSTEM_PROMPT, draft_mode
 from services.advisor.retrieval import tokenize
 from services.trainer.dataset import user_prompt
 from services.trainer.extract import SourceSection
@@ -117,11 +117,6 @@ def score_answer(
     }
 
 
-def draft_mode(provider: ModelProvider) -> str:
-    """"text" (grounded enums and patterns) or "full" (the free answer schema), as the advisor decides."""
-    return str(provider.alias.options.get("draft", "text" if provider.alias.provider == "local" else "full"))
-
-
 async def _run(
     provider: ModelProvider, examples: list[dict[str, Any]], schemas: list[dict[str, Any]], max_tokens: int
 ) -> list[tuple[dict[str, Any] | None, float, str | None]]:
@@ -146,7 +141,7 @@ def evaluate(
     max_tokens: int = 500,
     draft: str | None = None,
 ) -> dict[str, Any]:
-    draft = draft or draft_mode(provider)
+    draft = draft or draft_mode(provider.alias)
     schemas = (
         [grounded_schema(e, sections, plant) for e in examples]
         if draft == "text"
