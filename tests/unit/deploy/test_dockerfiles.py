@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dockerfiles import parse_dockerfile
 from test_k8s_manifests import BUILDS, K8S, SERVICES, build, by_kind
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,14 +27,6 @@ def rendered(build_name: str) -> list[dict]:
 
 def dockerfile(name: str) -> str:
     return (ROOT / "services" / name / "Dockerfile").read_text()
-
-
-def installed_extras(text: str) -> set[str]:
-    """The extras of the image's `pip install -e ".[...]"`, with a build ARG's default expanded."""
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
-    (spec,) = re.findall(r'pip install --no-cache-dir -e "\.(?:\[([^\]]*)\])?"', text)
-    spec = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], spec)
-    return {extra.strip() for extra in spec.split(",") if extra.strip()}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def test_every_deployed_service_has_an_image() -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_the_image_installs_what_the_overlays_switch_on(name: str, overlay_settings: dict[str, set[str]]) -> None:
-    extras = installed_extras(dockerfile(name))
+    extras = set(parse_dockerfile(name).extras)  # tests/support/dockerfiles.py, as the overlay start test
     settings = overlay_settings[name]
     if "LINEGUARD_SCHEMA_REGISTRY_URL" in settings:
         assert "registry" in extras, f"{name}: an overlay sets a schema registry; the image lacks the registry client"
