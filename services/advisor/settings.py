@@ -23,6 +23,10 @@ class AdvisorSettings(Settings):
                                                       "of the same trigger on a line.")
     idle_close_s: float = env_field(60.0, help="Close a line's open windows after this much wall-clock time "
                                                "without any record from it.")
+    source_idle_s: float = env_field(10.0, help="A line's input (observations, inspections, alarms) holds the "
+                                                "line's event time back until it has not moved for this much "
+                                                "wall-clock time: a stream a moment behind is waited for, one that "
+                                                "stopped (a camera off) then counts as silent.")
     checkpoint_interval_s: float = env_field(1.0, help="How often window state is written to the changelog; "
                                                        "offsets are committed only after that.")
     changelog_topic: str = env_field("advisor.windows.changelog.v1",
@@ -43,6 +47,8 @@ class AdvisorSettings(Settings):
         super().validate()
         if self.window_s <= 0 or self.window_grace_s < 0:
             raise SettingsError("LINEGUARD_WINDOW_S must be > 0 and LINEGUARD_WINDOW_GRACE_S >= 0")
+        if self.source_idle_s < 0:
+            raise SettingsError(f"LINEGUARD_SOURCE_IDLE_S={self.source_idle_s}: expected >= 0")
         if self.checkpoint_interval_s <= 0:
             raise SettingsError(f"LINEGUARD_CHECKPOINT_INTERVAL_S={self.checkpoint_interval_s}: expected > 0")
         if self.batch_size < 1:

@@ -67,7 +67,8 @@ def decode_state(data: bytes) -> LineState:
 class AdvisorState:
     """Every line's state under one lock; the consumer loop's thread folds, the asyncio thread evaluates."""
 
-    def __init__(self, plant: PlantModel, engine: WindowEngine, changelog: Producer, changelog_topic: str) -> None:
+    def __init__(self, plant: PlantModel, engine: WindowEngine, changelog: Producer, changelog_topic: str,
+                 source_idle_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.plant = plant
         self.engine = engine
         self.changelog = changelog
@@ -76,6 +77,10 @@ class AdvisorState:
         self.states: dict[str, LineState] = {}
         self.dirty: set[str] = set()
         self.last_record_wall: dict[str, float] = {}
+        # line -> input kind -> wall time its event time last moved forward (`held_kinds`)
+        self.source_idle_s = source_idle_s
+        self.clock = clock
+        self.kind_advanced_wall: dict[str, dict[str, float]] = {}
         self.published_ids: set[str] = set()
         self.recent: dict[str, deque[dict[str, Any]]] = {}  # line -> latest recommendations (chat, API)
         self.folded = 0
@@ -117,6 +122,7 @@ class AdvisorState:
                 self.states.pop(line, None)
                 self.dirty.discard(line)
                 self.last_record_wall.pop(line, None)
+                self.kind_advanced_wall.pop(line, None)
                 self.recent.pop(line, None)
             OPEN_WINDOWS.set(sum(len(s.windows) for s in self.states.values()))
 
@@ -156,22 +162,46 @@ class AdvisorState:
             raise ValueError(f"the advisor does not read topic {topic!r}")
         with self.lock:
             state = self._line_state(value)
-            late_before = state.late_records
+            now = self.clock()
+            late_before, stream_before = state.late_records, state.stream_max.get(kind)
             dues = self.engine.add(state, kind, value)  # immediate triggers; windows close in advance()
             if state.late_records != late_before:
                 LATE_RECORDS.inc()
+            if state.stream_max.get(kind) != stream_before:
+                self._advanced(state, kind, now)
             self.dirty.add(state.line_id)
-            self.last_record_wall[state.line_id] = time.monotonic()
+            self.last_record_wall[state.line_id] = now
         RECORDS_FOLDED.labels(kind).inc()
         self.folded += 1
         return dues
 
+    def _advanced(self, state: LineState, kind: str, now: float) -> None:
+        """The event time of one of the line's inputs moved forward. The first time after a start or an
+        assignment, or after the whole line stood still longer than its idle close, every input the line had
+        starts a fresh allowance: after a restart or an outage the inputs come back one after the other."""
+        clocks = self.kind_advanced_wall.get(state.line_id)
+        resume_after_s = self.engine.config.idle_close_ms / 1000
+        if not clocks or now - max(clocks.values()) > resume_after_s:
+            clocks = self.kind_advanced_wall[state.line_id] = dict.fromkeys(state.stream_max, now)
+        clocks[kind] = now
+
+    def held_kinds(self, line: str, now: float) -> set[str]:
+        """The line's inputs whose event time moved within `source_idle_s` of wall-clock time: they hold the
+        line's watermark back. One line's records reach Kafka through different producers and topics (ingest,
+        vision), so when one input jumps ahead (a backlog after a restart) the records of another may not be in
+        Kafka yet, which topic lag cannot see: without the hold its machines would look silent. An input that
+        stopped (a camera switched off) holds for `source_idle_s` only; then its silence is judged."""
+        advanced = self.kind_advanced_wall.get(line, {})
+        return {kind for kind, at in advanced.items() if now - at < self.source_idle_s}
+
     def advance(self, lagging: set[str]) -> list[Due]:
-        """Move every line's watermark (held back by `lagging` input kinds); the windows it closed."""
+        """Move every line's watermark (held back by `lagging` input kinds, whose topics still have unread
+        records, and by the inputs still moving, `held_kinds`); the windows it closed."""
         dues: list[Due] = []
         with self.lock:
+            now = self.clock()
             for line, state in self.states.items():
-                closed = self.engine.advance(state, lagging)
+                closed = self.engine.advance(state, lagging | self.held_kinds(line, now))
                 if closed:
                     self.dirty.add(line)
                     dues += closed
@@ -181,7 +211,7 @@ class AdvisorState:
 
     def close_idle(self) -> list[Due]:
         """Close the windows of lines that sent nothing for a while (wall clock)."""
-        now = time.monotonic()
+        now = self.clock()
         dues: list[Due] = []
         with self.lock:
             for line, state in self.states.items():
@@ -259,7 +289,7 @@ class AdvisorState:
             self.states.update(restored)
             self.published_ids |= published
             for line in restored:  # idle-closing counts from now, not from before the restart
-                self.last_record_wall.setdefault(line, time.monotonic())
+                self.last_record_wall.setdefault(line, self.clock())
             for state in restored.values():
                 for due in sorted(state.pending.values(), key=lambda d: (d.window_start, d.trigger)):
                     if due.id in published:
