@@ -224,6 +224,7 @@ class ConsumerLoop:
                     self._process_batch(messages)
                 else:
                     self._checkpoint(final=False)
+                    self._sink_idle()
                 if time.monotonic() - self._lag_reported_at >= 1.0:
                     self._report_lag()
         except Exception as exc:
@@ -232,6 +233,17 @@ class ConsumerLoop:
         finally:
             self._shutdown()
         return self.stats
+
+    def _sink_idle(self) -> None:
+        """A poll brought nothing: let the sink do what time alone makes due. Its failure is logged, not fatal:
+        no record is in flight, and the next idle poll or batch tries again."""
+        on_idle = getattr(self.sink, "on_idle", None)
+        if on_idle is None:
+            return
+        try:
+            on_idle()
+        except Exception as exc:  # noqa: BLE001 - logged with its cause; the loop's records are not affected
+            event(log, "sink_idle_failed", level=ERROR, error=f"{type(exc).__name__}: {exc}"[:500])
 
     def _shutdown(self) -> None:
         event(log, "consumer_stopping", group=self.group_id, **self.stats.__dict__)

@@ -49,6 +49,8 @@ class Sink:
     Subclass it and override what you need. The loop calls, on its own thread:
     - `write(batch)`: every successfully handled record of a batch with its outputs (dead letters excluded);
     - `on_batch_done()`: once per batch, after its outputs were queued (time-based rotation belongs here);
+    - `on_idle()`: after a poll that brought no record (about every `batch_timeout_s` while the input is quiet):
+      work that time alone makes due, with the loop's own view of its partitions (lag) at hand;
     - `held_offsets()`: per (logical topic, partition), the lowest offset not yet durable; absent = nothing held;
     - `flush()`: make everything buffered durable (every checkpoint: revoke, shutdown, idle);
     - `on_assign(partitions)` / `on_revoke(partitions)`: (logical topic, partition) pairs gained or lost, so a
@@ -64,6 +66,9 @@ class Sink:
 
     def on_batch_done(self) -> None:
         """Called once per batch after `write` (and after a batch with nothing to write)."""
+
+    def on_idle(self) -> None:
+        """Called after a poll that brought no record."""
 
     def held_offsets(self) -> dict[TopicPartitionKey, int]:
         return {}

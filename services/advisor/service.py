@@ -87,12 +87,10 @@ class AdvisorService:
         self.state = AdvisorState(self.plant, self.engine, self.changelog_producer, settings.changelog_topic,
                                   source_idle_s=settings.source_idle_s)
         self.evaluator = Evaluator(self.advisor, self.state, self.publisher)
-        self.sink = ChangelogSink(self.state, settings.checkpoint_interval_s, after_batch=self.after_batch,
+        self.sink = ChangelogSink(self.state, settings.checkpoint_interval_s, advance=self.advance_watermarks,
                                   assigned=self.on_assigned, revoked=self.on_revoked)
         self.recommendations_copartitioned = True
         self.loop: ConsumerLoop | None = None
-        self.last_lagging: set[str] = set()  # the input kinds whose topics lagged after the last batch
-        self.last_batch_at = time.monotonic()
 
     # The parts, as the chat routes, the tests and the benchmark read them.
     @property
@@ -209,12 +207,11 @@ class AdvisorService:
         for due in self.state.fold(record.topic, record.value):
             self.evaluator.enqueue(due)
 
-    def after_batch(self) -> None:
-        """After each batch: move the watermarks (held back by inputs that still lag) and close windows."""
-        self.last_lagging = self.lagging_kinds()
-        for due in self.state.advance(self.last_lagging):
+    def advance_watermarks(self) -> None:
+        """After each batch and on idle polls (the loop's thread): move the watermarks (held back by inputs that
+        still lag or still move) and close windows."""
+        for due in self.state.advance(self.lagging_kinds()):
             self.evaluator.enqueue(due)
-        self.last_batch_at = time.monotonic()
 
     def lagging_kinds(self) -> set[str]:
         """Input kinds whose topic still has unread records (their event time holds the watermarks back). The
@@ -242,13 +239,11 @@ class AdvisorService:
         await asyncio.gather(runner, return_exceptions=True)
 
     async def ticker(self) -> None:
-        """Checkpoint while the input is idle; move the watermarks while no batch comes (an input that stopped
-        holds them only for `source_idle_s`), and close the windows of lines that went completely quiet."""
+        """Checkpoint while the input is idle, and close the windows of lines that went completely quiet."""
         while not self.rt.stopping.is_set():
             await asyncio.sleep(min(1.0, self.settings.checkpoint_interval_s))
-            due = self.state.advance(self.last_lagging) if time.monotonic() - self.last_batch_at >= 1.0 else []
-            for item in due + self.state.close_idle():
-                self.evaluator.enqueue(item)
+            for due in self.state.close_idle():
+                self.evaluator.enqueue(due)
             with self.state.lock:
                 dirty = bool(self.state.dirty)
             if dirty:  # the loop moves its stored offsets forward by itself when it is idle

@@ -336,16 +336,17 @@ class ChangelogSink(Sink):
 
     The loop gives it each batch's (record, outputs) pairs (`write`) and then calls `on_batch_done`; it keeps
     offsets and makes the state durable (`flush`: every checkpoint of the loop, and every `interval_s` after a
-    batch). Closing windows after a batch is `after_batch`, the step it is given, not a call back into a
-    service."""
+    batch). Moving the watermarks and closing windows is `advance`, the step it is given (not a call back into a
+    service), run after every batch and on every idle poll (an input that stopped stops holding the watermarks
+    after a while, also when no record comes)."""
 
     def __init__(self, state: AdvisorState, interval_s: float,
-                 after_batch: Callable[[], None] | None = None,
+                 advance: Callable[[], None] | None = None,
                  assigned: Callable[[set[int]], None] | None = None,
                  revoked: Callable[[set[int]], None] | None = None) -> None:
         self.state = state
         self.interval_s = interval_s
-        self.after_batch = after_batch
+        self.advance = advance
         # The loop's rebalance hooks, reduced to the line topics' partitions (the changelog's): restore, drop.
         self.assigned = assigned
         self.revoked = revoked
@@ -368,10 +369,14 @@ class ChangelogSink(Sink):
             self.on_batch_done()
 
     def on_batch_done(self) -> None:
-        if self.after_batch is not None:
-            self.after_batch()
+        if self.advance is not None:
+            self.advance()
         if time.monotonic() - self.last_checkpoint >= self.interval_s:
             self.flush()
+
+    def on_idle(self) -> None:
+        if self.advance is not None:
+            self.advance()
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         """The loop assigned partitions (after its checkpoint, before any record of them): restore their state."""

@@ -1,4 +1,4 @@
-"""Two fixes to faust-streaming 0.15's aiokafka driver, applied before the worker consumer is built.
+"""Three fixes to faust-streaming 0.15's aiokafka driver, applied before the worker consumer is built.
 
 - `tune_fetch_wait`: Faust builds its worker consumer with `fetch_max_wait_ms=1500`, fixed. Tansu 0.6 answers a
   waiting fetch only when that time is up, not when data arrives (measured: aiokafka p50 486 ms with 1500, 19 ms

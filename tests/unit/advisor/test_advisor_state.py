@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lineguard.plant import default_plant_path, load_plant
 from services.advisor.engine import LineState, WindowEngine
-from services.advisor.state import AdvisorState
+from services.advisor.state import AdvisorState, ChangelogSink
 
 PLANT = load_plant(default_plant_path())
 T0 = 1_764_403_200_000
@@ -98,3 +98,18 @@ def test_after_a_restart_every_input_gets_a_fresh_allowance_from_the_first_new_r
     assert restored.watermark <= T0 + 59_000
     clock.now += 10  # the camera's records never came: it stopped
     assert "silence" in triggers(state.advance(set()))
+
+
+def test_the_changelog_sink_moves_the_watermarks_on_idle_polls_so_a_stopped_input_is_released() -> None:
+    clock = Clock()
+    state = state_with(clock)
+    advanced: list[list] = []
+    sink = ChangelogSink(state, interval_s=3600, advance=lambda: advanced.append(state.advance(set())))
+    fold_both(state, range(0, 60))
+    for s in range(60, 200):  # the camera stopped; the oven's backlog is read at once
+        state.fold("line.observations.v1", obs(s, T0 + s * 1000))
+    sink.on_batch_done()
+    assert "silence" not in triggers(advanced[-1])  # held: the camera moved a moment ago
+    clock.now += 11  # no record comes any more: only the loop's idle polls
+    sink.on_idle()
+    assert "silence" in triggers(advanced[-1])

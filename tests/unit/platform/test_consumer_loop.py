@@ -131,6 +131,38 @@ def test_a_sink_holds_offsets_until_durable_and_gets_records_with_outputs(settin
     assert committed(broker) == 25  # the final checkpoint flushed the sink, then committed
 
 
+def test_a_sink_is_called_on_idle_polls_and_its_failure_does_not_stop_the_loop(settings, serde):
+    class Ticking(Sink):
+        def __init__(self) -> None:
+            self.rows = 0
+            self.idle_after_rows: list[int] = []
+
+        def write(self, batch) -> None:
+            self.rows += len(batch)
+
+        def on_idle(self) -> None:
+            self.idle_after_rows.append(self.rows)
+            if len(self.idle_after_rows) == 2:
+                raise RuntimeError("the sink's idle work failed once")
+
+    broker = FakeBroker()
+    feed(broker, serde, 15)
+    sink = Ticking()
+    loop = make_loop(broker, settings, serde, sink=sink, batch_timeout_s=0.01)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(sink.idle_after_rows) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    feed(broker, serde, 5, start=15)  # the loop still consumes after the failed idle call
+    while sink.rows < 20 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    loop.stop()
+    thread.join(10)
+    assert len(sink.idle_after_rows) >= 5 and sink.idle_after_rows[-1] >= 15  # idle polls once the input ran dry
+    assert sink.rows == 20 and loop.failure is None and committed(broker) == 20
+
+
 def test_an_old_style_sink_still_gets_records(settings, serde):
     class OldSink:
         def __init__(self) -> None:
