@@ -40,6 +40,12 @@ MODEL_VERSION = "2"
 # what the shipped model is trained on: (camera conditions, seed offset, images as a share of n)
 TRAINING_MIX: tuple[tuple[str, int, float], ...] = (("varied", 0, 1.0), ("standard", 1, 1 / 6), ("harsh", 2, 1 / 6))
 REPLAY_SIZE = 3000
+# `deformed` is a property of the outline alone: its output sees only OUTLINE_UNITS hidden units, and those see
+# only the outline's features. Without this the network also leaned on colour and texture, and on a line whose
+# dough is unlike any in training (cocoa) those pulled mildly deformed cookies below the threshold.
+OUTLINE_FEATURES = ("harmonics_2_6", "radius_range", "radius_min_max")
+OUTLINE_UNITS = 8
+HIDDEN_UNITS = 48
 
 
 def replay_path(model_path: Path) -> Path:
@@ -85,10 +91,31 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(v, -40, 40)))
 
 
-def fit_network(x: np.ndarray, y: np.ndarray, seed: int, *, hidden: int = 48, epochs: int = 150,
+def connection_masks(hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which weights exist (1) in the first and second layer: the outline path for `deformed` (see
+    OUTLINE_FEATURES); every other connection is free."""
+    outline = np.isin(np.array(FEATURE_NAMES), OUTLINE_FEATURES)
+    first = np.ones((len(FEATURE_NAMES), hidden))
+    first[~outline, :OUTLINE_UNITS] = 0.0  # outline units see the outline only
+    second = np.ones((hidden, len(DEFECT_CLASSES)))
+    second[OUTLINE_UNITS:, DEFECT_CLASSES.index("deformed")] = 0.0  # deformed hears the outline units only
+    return first, second
+
+
+def masks_kept_by(network: Network) -> tuple[np.ndarray, np.ndarray] | None:
+    """The connection masks if `network` was trained with them (fine-tuning keeps them), else None (an older
+    artifact: fine-tuned without, as it was trained)."""
+    first, second = connection_masks(network.w1.shape[1])
+    if np.all(network.w1[first == 0] == 0) and np.all(network.w2[second == 0] == 0):
+        return first, second
+    return None
+
+
+def fit_network(x: np.ndarray, y: np.ndarray, seed: int, *, hidden: int = HIDDEN_UNITS, epochs: int = 150,
                 learning_rate: float = 3e-3, l2: float = 1e-4, start: Network | None = None,
-                weights: np.ndarray | None = None) -> Network:
-    """Adam on the mean log loss of one sigmoid per class; from `start` (fine-tuning) or a seeded init."""
+                weights: np.ndarray | None = None, masks: tuple[np.ndarray, np.ndarray] | None = None) -> Network:
+    """Adam on the mean log loss of one sigmoid per class; from `start` (fine-tuning) or a seeded init. With
+    `masks` (first and second layer, 0 where no connection), masked weights start at 0 and get no gradient."""
     rng = np.random.default_rng(seed)
     if start is not None:
         mean, std = start.mean.copy(), start.std.copy()
@@ -98,6 +125,9 @@ def fit_network(x: np.ndarray, y: np.ndarray, seed: int, *, hidden: int = 48, ep
         d, k = x.shape[1], y.shape[1]
         params = [rng.normal(0, np.sqrt(2.0 / d), (d, hidden)), np.zeros(hidden),
                   rng.normal(0, np.sqrt(1.0 / hidden), (hidden, k)), np.zeros(k)]
+    if masks is not None:
+        params[0] *= masks[0]
+        params[2] *= masks[1]
     z = (x - mean) / std
     target = y.astype(np.float64)
     weights = np.ones(len(x)) if weights is None else weights
@@ -116,6 +146,9 @@ def fit_network(x: np.ndarray, y: np.ndarray, seed: int, *, hidden: int = 48, ep
             grad_hid = (grad_out @ w2.T) * (pre > 0)
             grads = [zb.T @ grad_hid + l2 * w1, grad_hid.sum(axis=0), hid.T @ grad_out + l2 * w2,
                      grad_out.sum(axis=0)]
+            if masks is not None:
+                grads[0] *= masks[0]
+                grads[2] *= masks[1]
             step += 1
             for p, g, m, v in zip(params, grads, moments, squares, strict=True):
                 m *= 0.9
@@ -169,10 +202,11 @@ def fit_artifact(x: np.ndarray, y: np.ndarray, seed: int, n: int) -> tuple[dict,
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
     held_out = len(x) // 5
-    network = fit_network(x[held_out:], y[held_out:], seed)
+    masks = connection_masks(HIDDEN_UNITS)
+    network = fit_network(x[held_out:], y[held_out:], seed, masks=masks)
     p = network.probabilities(x[:held_out])
     thresholds = {name: best_threshold(p[:, c], y[:held_out, c]) for c, name in enumerate(DEFECT_CLASSES)}
-    network = fit_network(x, y, seed)  # refit on everything; the thresholds stay the held-out ones
+    network = fit_network(x, y, seed, masks=masks)  # refit on everything; the thresholds stay the held-out ones
     familiarity = Familiarity.fit(x)
     trained_on = {"seed": seed, "n": n, "images": len(x), "mix": [list(m) for m in TRAINING_MIX]}
     keep = min(REPLAY_SIZE, len(x))
@@ -195,7 +229,7 @@ def scores_table(title: str, truth: np.ndarray, predicted: np.ndarray) -> tuple[
 
 
 def train_line(images: Path, labels: Path, base_path: Path, seed: int = 1, test_fraction: float = 0.2,
-               line_weight: float = 3.0, epochs: int = 60) -> tuple[dict, str]:
+               line_weight: float = 3.0, epochs: int = 150) -> tuple[dict, str]:
     """Fine-tune the base model on a line's labelled images; (artifact, report on the held-out images)."""
     items = list(folder_set(images, labels))
     if len(items) < 20:
@@ -212,7 +246,8 @@ def train_line(images: Path, labels: Path, base_path: Path, seed: int = 1, test_
     x = np.concatenate([x_replay, x_fit])
     y = np.concatenate([y_replay, y_fit])
     weights = np.concatenate([np.ones(len(x_replay)), np.full(len(x_fit), line_weight)])
-    network = fit_network(x, y, seed, start=base.network, weights=weights, epochs=epochs, learning_rate=1e-3)
+    network = fit_network(x, y, seed, start=base.network, weights=weights, epochs=epochs, learning_rate=1e-3,
+                          masks=masks_kept_by(base.network))
     familiarity = Familiarity.fit(x)
     thresholds = {name: float(t) for name, t in zip(DEFECT_CLASSES, base.thresholds, strict=True)}
     digest = hashlib.sha256(labels.read_bytes()).hexdigest()[:8]

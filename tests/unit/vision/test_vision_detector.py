@@ -177,3 +177,44 @@ def test_a_feature_outside_its_training_range_is_an_abstention(detector):
     # an artifact from before the ranges (distance only) still loads and judges
     older = {k: v for k, v in detector.familiarity.to_dict().items() if k not in ("low", "high")}
     assert Familiarity.from_dict(older).outside(np.full(len(detector.familiarity.mean), 1e9)).size == 0
+
+
+def test_a_blister_the_belts_colour_does_not_cut_the_outline():
+    # a dark round cookie on a grey belt with grey blisters near its centre: the blisters are part of the cookie
+    image = Image.new("RGB", (256, 256), (150, 152, 158))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((58, 58, 198, 198), fill=(52, 32, 24))
+    for box in ((112, 110, 136, 134), (130, 128, 150, 148), (104, 132, 120, 148)):
+        draw.ellipse(box, fill=(150, 152, 158))
+    features = analyse(np.asarray(image)).features
+    assert features[FEATURE_NAMES.index("radius_min_max")] > 0.9  # round: rays run to the rim, not to a blister
+    assert features[FEATURE_NAMES.index("radius_range")] < 0.1
+
+
+def test_holes_are_filled_but_belt_reaching_the_frame_is_not():
+    from services.vision.features import _fill_holes
+
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[4:16, 4:16] = True
+    mask[8:11, 8:11] = False  # a hole inside the blob
+    mask[0:20, 1] = True  # a wall that, with the frame's edge, encloses column 0: still belt reaching the edge
+    filled = _fill_holes(mask)
+    assert filled[8:11, 8:11].all()
+    assert not filled[:, 0].any() and not filled[0:4, 4:16].any()
+
+
+def test_deformed_is_judged_from_the_outline_alone(detector):
+    # the shipped network: changing any feature but the outline's leaves the deformed score as it was
+    outline = [FEATURE_NAMES.index(name) for name in train.OUTLINE_FEATURES]
+    others = [i for i in range(len(FEATURE_NAMES)) if i not in outline]
+    deformed = DEFECT_CLASSES.index("deformed")
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=len(FEATURE_NAMES)) * detector.network.std + detector.network.mean
+    changed = base.copy()
+    changed[others] += rng.normal(size=len(others)) * detector.network.std[others] * 3
+    before, after = detector.network.probabilities(np.stack([base, changed]))[:, deformed]
+    assert before == pytest.approx(after, abs=1e-12)
+    reshaped = base.copy()
+    reshaped[outline] += detector.network.std[outline] * 3
+    assert detector.network.probabilities(reshaped[None])[0, deformed] != pytest.approx(before, abs=1e-6)
+    assert train.masks_kept_by(detector.network) is not None  # so fine-tuning keeps the wiring
