@@ -124,17 +124,18 @@ _RINGS = 16  # dough brightness profile from the centre to the outline
 _NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each pair once
 
 
-def _components(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _components(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                np.ndarray]:
     """The 8-connected components of a sparse mask: per component its pixel count, the length and width of the
     line it is (sqrt(12 x variance) along and across its principal axis: a segment of length L gives L) and the
-    highest of `values` in it.
+    highest of `values` in it; and per pixel of the mask (in np.nonzero order) the index of its component.
 
     Labelled on the mask's pixels only (a few hundred), by min-label propagation with pointer jumping."""
     ys, xs = np.nonzero(mask)
     n = ys.size
     if n == 0:
         empty = np.zeros(0, dtype=np.float64)
-        return empty, empty, empty, empty
+        return empty, empty, empty, empty, np.zeros(0, dtype=np.intp)
     h, w = mask.shape
     index = np.full((h + 2, w + 2), -1, dtype=np.intp)
     index[ys + 1, xs + 1] = np.arange(n)
@@ -170,7 +171,7 @@ def _components(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     width = np.sqrt(12.0 * np.maximum(mid - root, 0.0) + 1.0)
     peak = np.zeros(count.size, dtype=np.float64)
     np.maximum.at(peak, comp, values[ys, xs])
-    return count, length, width, peak
+    return count, length, width, peak, comp
 
 
 def _ring(radius: int) -> list[tuple[int, int]]:
@@ -473,10 +474,6 @@ def analyse(pixels: np.ndarray) -> Analysis:
     lowest, _, third = _ring_order(centre, 5, 1.0)
     line = (third - centre) * (lowest - centre < 0.12)  # darker than most of the ring, not all of it
     blob_dark = lowest - centre  # darker than the whole ring
-    line_low = (line > 0.15) & interior
-    line_high = (line > 0.3) & interior
-    # long: a line pixel with several more within a few pixels (a crack), not an isolated speck
-    long_line = (_blur(line_low.astype(np.float32), 3) > 0.16) & line_low
     noise = _median(np.abs(capped - centre)[interior])
     # Dark lines among dark inclusions (dark dough, chips, nuts), relative to the dough around each pixel: the
     # dark pixels' connected components by shape. A crack is a long thin component (length several times its
@@ -506,13 +503,24 @@ def analyse(pixels: np.ndarray) -> Analysis:
     np.maximum(darkness, np.float32(0.0), out=darkness)
     # hysteresis: a component counts when part of it is clearly dark
     dark_mask = (darkness > 0.1) & inner & (ring_of < edge_ring)
-    count, length, thickness, peak = _components(dark_mask, darkness)
+    count, length, thickness, peak, component = _components(dark_mask, darkness)
     clear = peak > 0.2
     # thin: long for its width, or curved (it fills little of the ellipse its spread describes)
     sized = clear & (count >= 6) & (length >= 10.0)
     mean_width = count / np.maximum(length, 1.0)
     thin = sized & (((length >= 2.8 * thickness) & (mean_width <= 4.5)) | (count <= 0.7 * length * thickness))
     compact = clear & (count >= 4) & ~thin
+    # the ring detector's line responses, where no chip is: a chip's edge is darker than part of its ring, as a
+    # crack is, so its pixels and 2 px around them do not count (the network had learned to discount every
+    # line response where chips are, cracks among chips too)
+    chips = np.zeros_like(dark_mask)
+    chips[dark_mask] = compact[component]
+    near_chip = cv2.dilate(chips.view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
+    crack_zone = interior & ~near_chip
+    line_low = (line > 0.15) & crack_zone
+    line_high = (line > 0.3) & crack_zone
+    # long: a line pixel with several more within a few pixels (a crack), not an isolated speck
+    long_line = (_blur(line_low.astype(np.float32), 3) > 0.16) & line_low
 
     # Blisters lift the dough towards white: its weakest channel (blue) rises far more than its strongest
     # (red). "Lift" = weakest channel / dough's, over strongest channel / dough's: 1 on dough, about 2 on a
@@ -549,7 +557,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
             _per_1000(int(np.count_nonzero(line_low)), area),
             _per_1000(int(np.count_nonzero(line_high)), area),
             _per_1000(int(np.count_nonzero(long_line)), area),
-            _percentile(line[interior], 99.5),
+            _percentile(line[crack_zone], 99.5) if crack_zone.any() else 0.0,
             float(np.log1p(line[line_low].sum() * 1000.0 / area)),
             _per_1000(int(np.count_nonzero((blob_dark > 0.2) & interior)), area),
             _percentile(blob_dark[interior], 99.5),
