@@ -1,9 +1,10 @@
 """Detectors behind one interface: given an image, a verdict and the defects seen (class, confidence, box).
 
-- `LocalDetector`: the embedded default, CPU only (numpy + Pillow): the pipeline of services/vision/features.py
-  (segmentation against a belt model estimated per image, a canonical crop, colour relative to the dough, ring
-  detectors for cracks, inclusions and blisters), then a small neural network (one hidden layer, a sigmoid per
-  class) trained by `python -m services.vision.train` into a small JSON artifact (services/vision/model/).
+- `LocalDetector`: the embedded default, CPU only (numpy, Pillow, OpenCV): the pipeline of
+  services/vision/features.py (segmentation against a belt model estimated per image, a canonical crop, colour
+  relative to the dough, ring detectors for cracks, inclusions and blisters), then a small neural network (one
+  hidden layer, a sigmoid per class) trained by `python -m services.vision.train` into a small JSON artifact
+  (services/vision/model/).
   It abstains (verdict `abstained`) on images unlike anything it was trained on: no cookie, a cookie cut by the
   frame or seen too close, an object that is not dough-coloured or not round, or features far from the
   training distribution (Mahalanobis distance).
