@@ -5,8 +5,9 @@ Nothing here assumes a belt colour, an image size or a lighting:
 2. Belt model per image: a colour plane (per channel a + b x + c y, so a lighting gradient is part of it) fitted
    robustly to the frame's border, and the border's own spread; everything that differs from that model by more
    than the belt's texture and noise is foreground. The belt may be any colour, dark, light or a metal mesh.
-3. The inspected cookie: the foreground blob nearest the centre, traced along 64 rays from its centre (holes,
-   toppings and neighbouring cookies cut by the frame's edge do not matter). Its radius profile gives the shape
+3. The inspected cookie: the foreground blob nearest the centre, its holes filled (a blister the belt's colour is
+   part of the cookie), traced along 64 rays from its centre (toppings and neighbouring cookies cut by the
+   frame's edge do not matter). Its radius profile gives the shape
    (deformed) and says whether it is a cookie at all (abstention: nothing found, cut by the frame, not round
    enough, too small or too large, not dough-coloured).
 4. Scale: the cookie is cut out and resampled to a 112 x 112 canonical crop, so every later measure is relative
@@ -19,7 +20,7 @@ Nothing here assumes a belt colour, an image size or a lighting:
    ring on the smallest colour channel, and large; sugar crystals and seeds are small bright specks.
 7. Dark lines among dark inclusions: the connected components of the pixels darker than the dough around them,
    by shape (a crack is long and thin, or curved; a chip or nut is compact), so chocolate dough with chips still
-   shows its cracks.
+   shows its cracks; the crack measures of step 6 leave out the compact ones and 2 px around them.
 The classifier on top (services/vision/detector.py, a small neural network in numpy) is trained by
 services/vision/training/train.py on broadly randomised renders, and retrained from a plant's own images.
 OpenCV (headless) reduces the working frame (area averaging), fills the blob's holes and does the box means, the
@@ -114,13 +115,14 @@ class Analysis:
 
 
 def _blur(image: np.ndarray, radius: int) -> np.ndarray:
-    """Box mean over (2r+1)^2 of a float image, edges replicated (OpenCV's box filter: a fraction of the time of
-    numpy cumulative sums on these small crops, and without their float32 rounding drift)."""
+    """Box mean over (2r+1)^2 of an image (float32, or uint8 rounded), edges replicated (OpenCV's box filter: a
+    fraction of the time of numpy cumulative sums or Pillow's BoxBlur, and no float32 rounding drift)."""
     k = 2 * radius + 1
     return cv2.blur(image, (k, k), borderType=cv2.BORDER_REPLICATE)
 
 
 _RINGS = 16  # dough brightness profile from the centre to the outline
+_CHIP_MARGIN = np.ones((5, 5), np.uint8)  # a chip's pixels and 2 px around them leave the crack measures
 _NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each pair once
 
 
@@ -371,7 +373,8 @@ def _trace(mask: np.ndarray, labels: np.ndarray, cy: float, cx: float) -> tuple[
         outside = ~inside
     empty = ~samples
     gap = empty[:, :-1] & empty[:, 1:]  # two outside samples in a row end the blob (holes of 1 px do not)
-    # a ray starting in a hole (a white blister on a white belt) begins at its first foreground sample
+    # a ray starting on background begins at its first foreground sample (closed holes are filled before; this is
+    # a blister open to the rim, or the notch of a deformed outline)
     begin = samples.argmax(axis=1)
     begin[begin > 8] = 0  # a hole, not a blister's width: the ray ends there
     gap &= index[None, :] >= begin[:, None]
@@ -383,11 +386,10 @@ def _trace(mask: np.ndarray, labels: np.ndarray, cy: float, cx: float) -> tuple[
 def analyse(pixels: np.ndarray) -> Analysis:
     """Features and regions of one RGB frame (H x W x 3, uint8); AbstainError when it cannot be judged."""
     height, width = pixels.shape[:2]
-    frame = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     factor = max(height, width) / SEG  # frame pixels per working pixel
     sw, sh = max(16, round(width / factor)), max(16, round(height / factor))
     small = cv2.resize(pixels, (sw, sh), interpolation=cv2.INTER_AREA)
-    smooth = cv2.blur(small, (5, 5), borderType=cv2.BORDER_REPLICATE).astype(np.float32)
+    smooth = _blur(small, 2).astype(np.float32)
 
     # 2. belt model and foreground
     coef, spread = _belt_model(smooth)
@@ -395,7 +397,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     mask = _fill_holes(distance > max(14.0, 4.0 * spread))
 
     # 3. the inspected cookie: the solid blob nearest the centre
-    core = cv2.blur(mask.astype(np.float32), (11, 11), borderType=cv2.BORDER_REPLICATE)
+    core = _blur(mask.astype(np.float32), 5)
     centred = core * _centre_weight(sh, sw)
     seed = int(centred.argmax())
     if core.flat[seed] < 0.6:
@@ -432,6 +434,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     x0, y0 = fcx - half, fcy - half
     scale = 2.0 * half / CANON  # frame pixels per canonical pixel
     box = (round(x0), round(y0), round(fcx + half), round(fcy + half))
+    frame = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")  # only now: abstentions above skip it
     crop = np.asarray(frame.crop(box).resize((CANON, CANON), Image.Resampling.BILINEAR), dtype=np.float32)
     # the cookie's outline in the crop: the ray profile, interpolated between rays
     ray = _CANON_RAY
@@ -515,7 +518,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     # line response where chips are, cracks among chips too)
     chips = np.zeros_like(dark_mask)
     chips[dark_mask] = compact[component]
-    near_chip = cv2.dilate(chips.view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
+    near_chip = cv2.dilate(chips.view(np.uint8), _CHIP_MARGIN).view(bool)
     crack_zone = interior & ~near_chip
     line_low = (line > 0.15) & crack_zone
     line_high = (line > 0.3) & crack_zone

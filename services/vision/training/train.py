@@ -5,7 +5,8 @@
 
 Shipped model: renders images under the `varied` camera (belts, toppings, lighting, sizes, JPEG, neighbours,
 rotation; see simulator/camera.py) plus the standard and harsh cameras, extracts the features
-(services/vision/features.py), fits the network (one hidden layer, a sigmoid per class, Adam on the log loss),
+(services/vision/features.py), fits the network (one hidden layer, a sigmoid per class, Adam on the log loss;
+`deformed` wired to the outline features only, see OUTLINE_FEATURES),
 picks each class's threshold on a held-out fifth (the one that maximises the smaller of precision and recall),
 fits the familiarity model (abstention) and keeps a replay sample of the training features next to the model.
 Everything is seeded: a rerun rebuilds the same artifact.

@@ -122,6 +122,7 @@ def test_a_lines_own_labelled_images_fine_tune_a_new_version(tmp_path, capsys):
     assert "| good |" in printed and "held-out" in printed and str(out) in printed
     model = LocalDetector(out)
     assert model.model.version.startswith("2+line.")
+    assert train.masks_kept_by(model.network) is not None  # fine-tuning kept deformed's outline-only wiring
     first = json.loads(labels.read_text().splitlines()[0])["file"]
     assert model.detect(decode_image((folder / first).read_bytes())).model == model.model
     code = evaluate.main(["--images", str(folder), "--labels", str(labels), "--model", str(out)])
