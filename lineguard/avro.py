@@ -23,6 +23,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
+from lineguard.avro_codec import compile_codec
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 
@@ -58,12 +60,14 @@ def load_schema_file(path: Path) -> dict:
 
 
 class _TopicSchema:
-    __slots__ = ("name", "raw", "parsed", "fingerprint", "header")
+    __slots__ = ("name", "raw", "parsed", "fingerprint", "header", "codec")
 
     def __init__(self, name: str, raw: dict) -> None:
         self.name = name
         self.raw = raw
         self.parsed = fastavro.parse_schema(raw)
+        # The hot path: code generated for this schema (None: a schema it does not cover, fastavro for all).
+        self.codec = compile_codec(raw)
         self.fingerprint = single_object_fingerprint(self.parsed)
         self.header = SINGLE_OBJECT_MAGIC + self.fingerprint
 
@@ -147,11 +151,19 @@ class AvroSerde:
 
     def encode(self, topic: str, record: dict) -> bytes:
         schema = self._topic(topic)
-        buf = io.BytesIO()
         if self._registry is not None:
-            buf.write(struct.pack(">bI", CONFLUENT_MAGIC, self._registry_id(schema)))
+            header = struct.pack(">bI", CONFLUENT_MAGIC, self._registry_id(schema))
         else:
-            buf.write(schema.header)
+            header = schema.header
+        if schema.codec is not None:
+            out = bytearray(header)
+            try:
+                schema.codec.encode(out, record)
+                return bytes(out)
+            except Exception:  # noqa: BLE001, S110 - fastavro below gives the verdict and the error
+                pass
+        buf = io.BytesIO()
+        buf.write(header)
         try:
             fastavro.schemaless_writer(buf, schema.parsed, record)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
@@ -178,7 +190,8 @@ class AvroSerde:
     def decode(self, topic: str, data: bytes | None) -> dict:
         if not data:
             raise CorruptPayloadError("empty payload (null or zero bytes)")
-        reader = self._topic(topic).parsed
+        schema = self._topic(topic)
+        reader = schema.parsed
         first = data[0]
         if first == 0xC3:
             if len(data) < 10 or data[1] != 0x01:
@@ -187,16 +200,26 @@ class AvroSerde:
             writer = self._by_fingerprint.get(fp)
             if writer is None:
                 raise UnknownSchemaError(f"unknown schema fingerprint {fp.hex()} (single-object encoding)")
-            body = data[10:]
+            start = 10
         elif first == CONFLUENT_MAGIC:
             if len(data) < 5:
                 raise CorruptPayloadError("payload starts like the Confluent wire format but is shorter than 5 bytes")
             schema_id = struct.unpack(">I", data[1:5])[0]
             writer = self._registry_schema(schema_id)
-            body = data[5:]
+            start = 5
         else:
             raise CorruptPayloadError(
                 f"unknown wire format: first byte 0x{first:02x} (expected 0xc3 single-object or 0x00 Confluent)")
+        if writer is reader and schema.codec is not None:
+            try:
+                record, end = schema.codec.decode(data, start)
+            except Exception as exc:  # noqa: BLE001 - garbage raises IndexError, ValueError, struct.error...
+                raise CorruptPayloadError(
+                    f"body does not decode with its schema: {type(exc).__name__}: {exc}") from exc
+            if end != len(data):
+                raise CorruptPayloadError(f"{len(data) - end} trailing bytes after the record")
+            return record
+        body = data[start:]
         try:
             buf = io.BytesIO(body)
             if writer is reader:
