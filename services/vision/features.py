@@ -13,7 +13,8 @@ Nothing here assumes a belt colour, an image size or a lighting:
 4. Scale: the cookie is cut out and resampled to a 112 x 112 canonical crop, so every later measure is relative
    to the cookie's own size, whatever the camera's distance or resolution.
 5. Colour: brightness is measured relative to the dough's own median (robust to exposure and colour casts);
-   the dough's colour relative to the belt and its chroma feed the burnt measure.
+   the dough's colour relative to the belt and its chroma feed the burnt measure, and so does its texture (the
+   spread of its brightness), measured without what is brighter than the dough (toppings, blisters).
 6. Local structure on the crop, each a ring detector (a pixel against 8 points on a ring around it):
    cracks are darker than most of the ring but not all of it (a line leaves the ring twice); chocolate chips
    and other dark inclusions are darker than the whole ring (a blob); blisters are brighter than most of the
@@ -469,7 +470,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
     luma = (crop @ _LUMA) / dough_luma
     dough_rel = luma[interior]
     sample = np.ascontiguousarray(dough_rel[::2])
-    p05, p10, p90 = (_percentile(sample, q, weak=False) for q in (5, 10, 90))
+    p05 = _percentile(sample, 5, weak=False)
 
     # 6. local structure on the crop; outside the cookie counts as dough (1.0) so the rim never responds
     capped = np.where(cookie, np.minimum(luma, 1.25), np.float32(1.0))
@@ -541,6 +542,12 @@ def analyse(pixels: np.ndarray) -> Analysis:
     white = (bright_c > 1.7) & interior
     _, _, third_s = _ring_order(-bright, 3, -10.0)
     specks = ((bright + third_s) > 0.35) & interior
+    # The dough's own texture: what is brighter than the dough (nuts, sugar, seeds, glaze, blisters) left out, so
+    # a cookie with many toppings does not look blotchy (a burnt cookie's dark patches stay in).
+    plain = interior & (luma < 1.15) & ~(bubble_low | white | specks)
+    plain_rel = luma[plain] if np.count_nonzero(plain) >= 0.5 * area else dough_rel
+    plain_sample = np.ascontiguousarray(plain_rel[::2])
+    texture = _percentile(plain_sample, 90, weak=False) - _percentile(plain_sample, 10, weak=False)
 
     features = np.array(
         [
@@ -554,7 +561,7 @@ def analyse(pixels: np.ndarray) -> Analysis:
             float((median[1] - median[2]) / total),
             float((median.max() - median.min()) / max(float(median.max()), 1.0)),
             float(np.count_nonzero(dough_rel < 0.7) / area),
-            float(p90 - p10),
+            float(texture),
             _median(luma[rim]) if rim.any() else 1.0,
             float(p05),
             _per_1000(int(np.count_nonzero(line_low)), area),
