@@ -165,7 +165,7 @@ def compile_codec(schema: Any) -> Codec | None:
     """Generate the codec of a schema (its JSON form, as in an .avsc file); None where fastavro must stay."""
     try:
         return _Generator().codec(schema)
-    except Unsupported:
+    except (Unsupported, RecursionError, KeyError, TypeError, ValueError):  # anything it cannot read: fastavro
         return None
 
 

@@ -210,3 +210,12 @@ def test_the_serde_reports_corrupt_bodies_as_corrupt_payloads():
 def test_malformed_primitives_raise(schema, body):
     with pytest.raises(ValueError):
         compile_codec(schema).decode(body, 0)
+
+
+def test_a_recursive_schema_round_trips():
+    node = {"type": "record", "name": "Node", "fields": [
+        {"name": "label", "type": "string"}, {"name": "children", "type": {"type": "array", "items": "Node"}},
+        {"name": "next", "type": ["null", "Node"], "default": None}]}
+    assert compile_codec(node) is not None
+    _assert_same(node, {"label": "a", "children": [{"label": "b", "children": [], "next": None}],
+                        "next": {"label": "c", "children": [], "next": None}})
