@@ -15,16 +15,13 @@ consumed to the last (the group join not counted).
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import fastavro
 from confluent_kafka import Consumer
 from confluent_kafka import Producer as RdProducer
 
@@ -33,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "normalizer"))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from loop_helpers import run_until_consumed  # noqa: E402
+from loop_helpers import avro_roundtrip, run_until_consumed  # noqa: E402
 from normalizer_records import make_raw_set  # noqa: E402
 
-from lineguard.avro import SINGLE_OBJECT_MAGIC, single_object_fingerprint  # noqa: E402
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
 from lineguard.embedded import free_port, tansu_command  # noqa: E402
 from lineguard.kafka import ConsumerLoop, Record, producer_config  # noqa: E402
@@ -80,23 +76,6 @@ def load_input(settings: Settings, records: int) -> int:
     return total
 
 
-def fastavro_roundtrip(serde) -> Callable[[str, bytes], bytes]:
-    """Decode a raw record and encode one output with fastavro, as a consumer written by hand does: the
-    single-object header, `schemaless_reader` and `schemaless_writer` with the topic's parsed schema."""
-    parsed = {topic: serde.parsed_schema(topic) for topic in serde.topics()}
-    headers = {topic: SINGLE_OBJECT_MAGIC + single_object_fingerprint(schema) for topic, schema in parsed.items()}
-
-    def roundtrip(topic: str, value: bytes) -> bytes:
-        schema = parsed[topic]
-        record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema, None)
-        out = io.BytesIO()
-        out.write(headers[topic])
-        fastavro.schemaless_writer(out, schema, record)
-        return out.getvalue()
-
-    return roundtrip
-
-
 def bare_loop(settings: Settings, expected: int, avro: str | None = None) -> float:
     """consume -> produce -> wait for delivery -> store offsets; returns records/s.
 
@@ -106,9 +85,7 @@ def bare_loop(settings: Settings, expected: int, avro: str | None = None) -> flo
     codec), for reference: the runtime's cost beside the same codec."""
     from lineguard.avro import AvroSerde
 
-    serde = AvroSerde(topic_prefix=settings.topic_prefix)
-    roundtrip = fastavro_roundtrip(serde) if avro == "fastavro" else \
-        (lambda topic, value: serde.encode(topic, serde.decode(topic, value)))
+    roundtrip = avro_roundtrip(AvroSerde(topic_prefix=settings.topic_prefix), avro) if avro else None
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"{avro or 'bare'}-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": True, "enable.auto.offset.store": False,
@@ -129,7 +106,7 @@ def bare_loop(settings: Settings, expected: int, avro: str | None = None) -> flo
             for msg in messages:
                 if msg.error() is None:
                     value = msg.value()
-                    if avro:
+                    if roundtrip is not None:
                         value = roundtrip(msg.topic()[prefix_len:], value)
                     producer.produce(out_topic, value, msg.key())
                     seen += 1
