@@ -90,7 +90,8 @@ def bare_loop(settings: Settings, expected: int, avro: str | None = None) -> flo
                          "group.id": f"{avro or 'bare'}-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": True, "enable.auto.offset.store": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-    producer = RdProducer(producer_config(settings))
+    # the same producer settings as the service's loop (its linger included), so only the work differs
+    producer = RdProducer(producer_config(settings, **{"linger.ms": settings.kafka_loop_linger_ms}))
     consumer.subscribe([settings.topic(t) for t in INPUT_TOPICS])
     prefix_len = len(settings.topic_prefix)
     out_topic = settings.topic("line.observations.v1")

@@ -128,6 +128,9 @@ class Settings:
     kafka_msk_iam_region: str | None = env_field(
         None, help="Amazon MSK with IAM auth: the AWS region; signs SASL/OAUTHBEARER tokens with the pod's role.")
     kafka_session_timeout_ms: int = env_field(6000, help="Consumer group session timeout; keep near 6000 on Tansu.")
+    kafka_loop_linger_ms: int = env_field(
+        25, help="How long a stream service's producer gathers outputs into one batch (librdkafka linger.ms; "
+                 "other producers keep 5). Larger batches halve the broker's and the client's CPU per record.")
     topic_prefix: str = env_field("", help="Prefix in front of every topic name (e.g. 'plant1.').")
     schema_registry_url: str | None = env_field(
         None, help="Confluent-compatible schema registry; unset = Avro single-object encoding.")

@@ -369,3 +369,21 @@ def test_partition_lag_is_exposed_without_reading_the_consumer(settings, serde):
     loop = make_loop(broker, settings, serde, handler=observing)
     run_until_consumed(loop, 30, timeout=10)
     assert lags == [{(RAW, 0): 30}]  # before the first record's batch is counted: all 30 not consumed
+
+
+def test_the_loops_own_producer_gathers_outputs_for_the_configured_linger(serde):
+    # Fuller batches halve the broker's CPU per record (bench/bench_scale.py): the loop's producer lingers longer
+    # than request/response producers, and the setting reaches librdkafka.
+    default = Settings.from_env(environ={}, service_name="loop-unit", topic_prefix="t.")
+    tuned = Settings.from_env(environ={"LINEGUARD_KAFKA_LOOP_LINGER_MS": "60"}, service_name="loop-unit",
+                              topic_prefix="t.")
+    broker = FakeBroker()
+    lingers = []
+    for settings in (default, tuned):
+        loop = ConsumerLoop(settings, "g", [RAW], to_observation, serde=serde, consumer=broker.consumer("g"))
+        lingers.append(loop.producer._conf["linger.ms"])
+        loop.producer.close(0)
+    assert lingers == [25, 60]
+    other = Producer(default, serde)
+    assert other._conf["linger.ms"] == 5  # request/response producers keep librdkafka's default
+    other.close(0)
