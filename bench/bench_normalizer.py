@@ -35,7 +35,7 @@ from normalizer_records import make_raw_set  # noqa: E402
 
 from lineguard.catalog import admin_client, bootstrap_topics, load_catalog, wait_for_broker  # noqa: E402
 from lineguard.embedded import free_port, tansu_command  # noqa: E402
-from lineguard.kafka import ConsumerLoop, Record, producer_config  # noqa: E402
+from lineguard.kafka import ConsumerLoop, Record, loop_producer_overrides, producer_config  # noqa: E402
 from lineguard.logs import setup_logging  # noqa: E402
 from lineguard.plant import default_plant_path, load_plant  # noqa: E402
 from lineguard.service import tune_gc  # noqa: E402
@@ -91,7 +91,7 @@ def bare_loop(settings: Settings, expected: int, avro: str | None = None) -> flo
                          "enable.auto.commit": True, "enable.auto.offset.store": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     # the same producer settings as the service's loop (its linger included), so only the work differs
-    producer = RdProducer(producer_config(settings, **{"linger.ms": settings.kafka_loop_linger_ms}))
+    producer = RdProducer(producer_config(settings, **loop_producer_overrides(settings)))
     consumer.subscribe([settings.topic(t) for t in INPUT_TOPICS])
     prefix_len = len(settings.topic_prefix)
     out_topic = settings.topic("line.observations.v1")

@@ -129,8 +129,8 @@ class Settings:
         None, help="Amazon MSK with IAM auth: the AWS region; signs SASL/OAUTHBEARER tokens with the pod's role.")
     kafka_session_timeout_ms: int = env_field(6000, help="Consumer group session timeout; keep near 6000 on Tansu.")
     kafka_loop_linger_ms: int = env_field(
-        25, help="How long a stream service's producer gathers outputs into one batch (librdkafka linger.ms; "
-                 "other producers keep 5). Larger batches halve the broker's and the client's CPU per record.")
+        25, help="How long the shared consumer loop's producer gathers a service's outputs into one batch "
+                 "(librdkafka linger.ms; other producers keep 5). Against 5 it halved the broker's CPU per record.")
     topic_prefix: str = env_field("", help="Prefix in front of every topic name (e.g. 'plant1.').")
     schema_registry_url: str | None = env_field(
         None, help="Confluent-compatible schema registry; unset = Avro single-object encoding.")

@@ -16,6 +16,7 @@ from lineguard.kafka.clients import (
     Tail,
     client_security,
     consumer_config,
+    loop_producer_overrides,
     msk_iam_token_callback,
     new_admin,
     new_consumer,
@@ -32,5 +33,5 @@ from lineguard.kafka.records import Handled, Handler, Headers, Output, Record, S
 __all__ = [
     "AtTime", "ConsumerLoop", "DLQ_TRUNCATED_HEADER", "DeliveryError", "DlqLimit", "OffsetTracker", "Handled", "Handler", "Headers", "LoopStats", "Output", "Producer",
     "Record", "Sink", "Tail", "client_security", "consumer_config", "dlq_headers", "error_headers",
-    "msk_iam_token_callback", "new_admin", "new_consumer", "new_producer", "producer_config", "read_topic",
+    "loop_producer_overrides", "msk_iam_token_callback", "new_admin", "new_consumer", "new_producer", "producer_config", "read_topic",
 ]

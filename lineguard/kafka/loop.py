@@ -36,7 +36,7 @@ from lineguard import telemetry
 from lineguard.avro import AvroSerde, SerdeError
 from lineguard.catalog import DLQ_SUFFIX
 from lineguard.health import Health
-from lineguard.kafka.clients import new_consumer
+from lineguard.kafka.clients import loop_producer_overrides, new_consumer
 from lineguard.kafka.deadletters import DLQ_TRUNCATED_HEADER, error_headers, truncated_dead_letter
 from lineguard.kafka.offsets import OffsetTracker
 from lineguard.kafka.producer import Producer
@@ -114,9 +114,7 @@ class ConsumerLoop:
 
     def __post_init__(self) -> None:
         if self.producer is None:  # (not `or`: an idle Producer has len() 0, so it is falsy)
-            # A longer linger than request/response producers (as Kafka Streams, 100 ms): the loop does not wait
-            # for a batch's deliveries before it consumes the next, so fuller batches cost throughput nothing.
-            self.producer = Producer(self.settings, self.serde, **{"linger.ms": self.settings.kafka_loop_linger_ms})
+            self.producer = Producer(self.settings, self.serde, **loop_producer_overrides(self.settings))
         if self.serde is None:
             self.serde = self.producer.serde
         if self.health is None:
